@@ -1,0 +1,89 @@
+"""Prometheus metrics on an explicit registry (nothing registers at import time).
+
+Labels come from small closed sets (result class, reason, SES error code); never an address or id.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+
+from relay import __version__
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RelayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.build_info = Info("ses_relay_build", "Version of the running relay", registry=r)
+        self.build_info.info({"version": __version__, "python": platform.python_version()})
+        self.smtp_sessions = Counter(
+            "ses_relay_smtp_sessions_total", "SMTP connections by outcome at connect", ["result"], registry=r
+        )  # accepted | rejected_network | rejected_busy
+        self.smtp_active_sessions = Gauge(
+            "ses_relay_smtp_active_sessions", "SMTP connections currently open", registry=r
+        )
+        self.smtp_transactions = Counter(
+            "ses_relay_smtp_transactions_total",
+            "Mail transactions (DATA) by reply class",
+            ["result"],
+            registry=r,
+        )  # 2xx | 4xx | 5xx
+        self.recipients_rejected = Counter(
+            "ses_relay_recipients_rejected_total", "RCPT TO refused, by reason", ["reason"], registry=r
+        )  # syntax | too_many | suppressed_bounce | suppressed_complaint | ...
+        self.suppression_hits = Counter(
+            "ses_relay_suppression_hits_total",
+            "Recipients found on the suppression list",
+            ["reason", "action"],
+            registry=r,
+        )  # reason: BOUNCE|COMPLAINT|MANUAL, action: reject|drop
+        self.messages_sent = Counter(
+            "ses_relay_messages_sent_total", "Messages accepted by Amazon SES", registry=r
+        )
+        self.message_bytes_sent = Counter(
+            "ses_relay_message_bytes_sent_total", "Raw message bytes accepted by Amazon SES", registry=r
+        )
+        self.recipients_sent = Counter(
+            "ses_relay_recipients_sent_total", "Envelope recipients of messages accepted by SES", registry=r
+        )
+        self.ses_request_duration = Histogram(
+            "ses_relay_ses_request_duration_seconds",
+            "SendEmail call latency, by outcome",
+            ["outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )  # ok | error
+        self.ses_errors = Counter(
+            "ses_relay_ses_errors_total", "Failed SendEmail calls by SES error code", ["code"], registry=r
+        )
+        self.ses_in_flight = Gauge(
+            "ses_relay_ses_requests_in_flight", "SendEmail calls waiting for SES", registry=r
+        )
+        self.rate_limiter_wait = Histogram(
+            "ses_relay_rate_limiter_wait_seconds",
+            "Time a send waited for the local send-rate limit",
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
+
+    def register_gauge_callback(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A gauge computed at scrape time (store size, spool depth)."""
+        self.registry.register(_CallbackCollector(name, documentation, read))
+
+
+class _CallbackCollector:
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self._name, self._documentation, self._read = name, documentation, read
+
+    def describe(self):
+        return [GaugeMetricFamily(self._name, self._documentation)]
+
+    def collect(self):
+        yield GaugeMetricFamily(self._name, self._documentation, value=self._read())

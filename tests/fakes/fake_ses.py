@@ -1,0 +1,521 @@
+"""A small, fast fake of the Amazon SESv2 ``SendEmail`` HTTP API with fault injection.
+
+It speaks the real restJson1 wire format, so an unmodified botocore ``sesv2`` client pointed at
+:attr:`FakeSES.endpoint_url` sends to it and parses its errors exactly as it parses real SES errors:
+
+* request: ``POST /v2/email/outbound-emails`` with a JSON body, SigV4 ``Authorization`` header
+  (presence and scheme are checked, the signature is not);
+* success: ``200``, ``Content-Type: application/json``, ``{"MessageId": "..."}``;
+* error: HTTP status + ``x-amzn-ErrorType: <Code>:http://internal.amazon.com/coral/...`` +
+  ``{"message": "<text>"}``.  botocore's ``RestJSONParser`` takes ``Error.Code`` from the part of
+  the header before the first ``:`` and ``Error.Message`` from the body's ``message``.
+
+The server runs in its own thread with its own event loop, so synchronous tests and a relay running
+in another thread (or process) can use it alike::
+
+    with FakeSES() as fake:
+        fake.queue(Fault.error("TooManyRequestsException"), Fault.reset())
+        client = boto3.client("sesv2", endpoint_url=fake.endpoint_url, ...)
+
+Order of checks for each request (every request is counted in ``received`` and, unless
+``record=False``, recorded in ``requests``):
+
+1. unknown path/method -> 404 ``UnknownOperationException`` (does not consume a fault);
+2. missing/non-SigV4 ``Authorization`` (when ``require_auth``) -> 403 ``UnrecognizedClientException``
+   (does not consume a fault);
+3. the next queued :class:`Fault`, if any, is consumed and applied (``Fault.delay`` then continues);
+4. request validation -> 400 ``BadRequestException``;
+5. ``max_rate`` token bucket -> 429 ``TooManyRequestsException``;
+6. success after ``latency`` seconds (or the ``Fault.delay`` seconds instead).
+
+CLI (for the benchmark)::
+
+    python -m tests.fakes.fake_ses --port 8025 --latency 0.05 [--max-rate 200]
+
+serves in the foreground (``record=False``) until SIGTERM/SIGINT and prints one JSON line
+``{"received": n, "sent": n}`` on stdout when it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import collections
+import contextlib
+import json
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+SEND_EMAIL_PATH = "/v2/email/outbound-emails"
+ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazonaws.services.email.v2/"
+MAX_RECIPIENTS = 50
+
+#: Default HTTP status for each error code (codes not listed default to 400).
+ERROR_STATUS: dict[str, int] = {
+    "TooManyRequestsException": 429,
+    "LimitExceededException": 400,
+    "SendingPausedException": 400,
+    "AccountSuspendedException": 400,
+    "MessageRejected": 400,
+    "MailFromDomainNotVerifiedException": 400,
+    "NotFoundException": 404,
+    "BadRequestException": 400,
+    "AccessDeniedException": 403,
+    "UnrecognizedClientException": 403,
+    "InternalFailure": 500,
+    "ServiceUnavailable": 503,
+    "UnknownOperationException": 404,
+}
+
+#: Message used by :meth:`Fault.error` when no message is given.
+DEFAULT_MESSAGES: dict[str, str] = {
+    "TooManyRequestsException": "Maximum sending rate exceeded.",
+    "LimitExceededException": "Daily message quota exceeded.",
+    "SendingPausedException": "Sending is paused for this account.",
+    "AccountSuspendedException": "Your account has been suspended.",
+    "MessageRejected": "Email address is not verified.",
+    "MailFromDomainNotVerifiedException": "The MAIL FROM domain is not verified.",
+    "NotFoundException": "Configuration set does not exist.",
+    "BadRequestException": "Bad request.",
+    "AccessDeniedException": "User is not authorized to perform ses:SendEmail.",
+    "UnrecognizedClientException": "The security token included in the request is invalid.",
+    "InternalFailure": "An internal error occurred.",
+    "ServiceUnavailable": "Service unavailable.",
+}
+
+_JSON = "application/json"
+
+
+@dataclass
+class Fault:
+    """One scripted behaviour for one request; build with the classmethods below."""
+
+    kind: str  # "error" | "delay" | "reset" | "hang" | "http"
+    code: str = ""
+    message: str = ""
+    status: int = 200
+    seconds: float = 0.0
+    body: bytes = b""
+    content_type: str = "text/html"
+
+    @classmethod
+    def error(cls, code: str, message: str = "", status: int | None = None) -> Fault:
+        """A real-looking SES error: botocore raises ClientError with this Code/Message/status."""
+        return cls(
+            kind="error",
+            code=code,
+            message=message or DEFAULT_MESSAGES.get(code, code),
+            status=status if status is not None else ERROR_STATUS.get(code, 400),
+        )
+
+    @classmethod
+    def delay(cls, seconds: float) -> Fault:
+        """Wait ``seconds`` (instead of ``latency``), then handle the request normally."""
+        return cls(kind="delay", seconds=seconds)
+
+    @classmethod
+    def reset(cls) -> Fault:
+        """Read the request, then abort the TCP connection (RST) without any response."""
+        return cls(kind="reset")
+
+    @classmethod
+    def hang(cls) -> Fault:
+        """Read the request and never answer (until the server stops; then the connection is aborted)."""
+        return cls(kind="hang")
+
+    @classmethod
+    def http_status(
+        cls,
+        status: int,
+        body: bytes = b"<html><body>Bad Gateway</body></html>",
+        content_type: str = "text/html",
+    ) -> Fault:
+        """A raw non-JSON answer without ``x-amzn-ErrorType``, e.g. a load balancer's 502 page."""
+        return cls(kind="http", status=status, body=body, content_type=content_type)
+
+    @property
+    def outcome(self) -> str:
+        if self.kind == "error":
+            return self.code
+        if self.kind == "http":
+            return f"http_{self.status}"
+        return self.kind
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any] | None  # parsed JSON (None when it was not a JSON object)
+    raw_message: bytes | None  # base64-decoded Content.Raw.Data
+    outcome: str = "pending"  # "ok", an error code, "reset", "hang" or "http_<status>"
+    message_id: str | None = None
+
+    @property
+    def destinations(self) -> list[str]:
+        """To + Cc + Bcc addresses of the request, in that order."""
+        dest = (self.body or {}).get("Destination") or {}
+        if not isinstance(dest, dict):
+            return []
+        return [a for key in ("ToAddresses", "CcAddresses", "BccAddresses") for a in (dest.get(key) or [])]
+
+
+def new_message_id() -> str:
+    return f"0100018f-{uuid.uuid4()}-000000"
+
+
+def _error_response(code: str, message: str, status: int | None = None) -> web.Response:
+    return web.Response(
+        status=status if status is not None else ERROR_STATUS.get(code, 400),
+        body=json.dumps({"message": message}).encode(),
+        content_type=_JSON,
+        headers={"x-amzn-ErrorType": code + ERROR_TYPE_SUFFIX, "x-amzn-RequestId": str(uuid.uuid4())},
+    )
+
+
+class _Invalid(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _count_destinations(dest: Any) -> int:
+    if dest is None:
+        return 0
+    if not isinstance(dest, dict):
+        raise _Invalid("Destination must be an object.")
+    n = 0
+    for key in ("ToAddresses", "CcAddresses", "BccAddresses"):
+        addrs = dest.get(key)
+        if addrs is None:
+            continue
+        if not isinstance(addrs, list) or not all(isinstance(a, str) for a in addrs):
+            raise _Invalid(f"Destination.{key} must be a list of strings.")
+        n += len(addrs)
+    return n
+
+
+class FakeSES:
+    """Fake SESv2 SendEmail endpoint served from a background thread (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        max_rate: float | None = None,
+        require_auth: bool = True,
+        record: bool = True,
+    ) -> None:
+        self.latency = latency
+        self.max_rate = max_rate
+        self.require_auth = require_auth
+        self.record = record
+        self.sent = 0
+        self.received = 0
+        self._lock = threading.Lock()
+        self._faults: collections.deque[Fault] = collections.deque()
+        self._requests: list[RecordedRequest] = []
+        self._message_ids: list[str] = []
+        self._burst = max(1.0, max_rate) if max_rate else 1.0
+        self._tokens = self._burst
+        self._last_refill = time.monotonic()
+        self._port: int | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("FakeSES is not started")
+        return self._port
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Snapshot of the requests recorded so far (empty when ``record=False``)."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def message_ids(self) -> list[str]:
+        """MessageIds returned so far, in order (empty when ``record=False``)."""
+        with self._lock:
+            return list(self._message_ids)
+
+    @property
+    def pending_faults(self) -> int:
+        with self._lock:
+            return len(self._faults)
+
+    def queue(self, *faults: Fault) -> None:
+        """Script faults; each request consumes the next one, in order."""
+        for f in faults:
+            if not isinstance(f, Fault):
+                raise TypeError(f"expected Fault, got {f!r}")
+        with self._lock:
+            self._faults.extend(faults)
+
+    def start(self, port: int = 0) -> int:
+        """Bind 127.0.0.1:``port`` (0 = a free port), serve in a background thread; return the port."""
+        if self._thread is not None:
+            raise RuntimeError("FakeSES already started")
+        self._ready.clear()
+        self._startup_error = None
+        self._thread = threading.Thread(target=self._thread_main, args=(port,), name="FakeSES", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._startup_error
+        assert self._port is not None
+        return self._port
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving: wake hung requests (their connections are aborted), close the runner, join."""
+        thread, loop, stopping = self._thread, self._loop, self._stopping
+        if thread is None:
+            return
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(stopping.set)
+        thread.join(timeout)
+        if thread.is_alive():
+            raise RuntimeError("FakeSES thread did not stop")
+        self._thread = None
+        self._loop = None
+        self._stopping = None
+
+    def __enter__(self) -> FakeSES:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ server thread
+
+    def _thread_main(self, port: int) -> None:
+        try:
+            asyncio.run(self._serve(port))
+        except BaseException as exc:  # reported to start() if startup failed
+            if not self._ready.is_set():
+                self._startup_error = exc
+        finally:
+            self._ready.set()
+
+    async def _serve(self, port: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", port)
+            await site.start()
+            self._port = runner.addresses[0][1]
+            self._ready.set()
+            await self._stopping.wait()
+        finally:
+            await runner.cleanup()
+
+    async def _wait_or_stop(self, seconds: float) -> bool:
+        """Sleep ``seconds`` but wake early when stopping; True if the server is stopping."""
+        assert self._stopping is not None
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    @staticmethod
+    def _abort(request: web.Request) -> None:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # SO_LINGER 0 -> close() sends RST, not FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+
+    def _next_fault(self) -> Fault | None:
+        if not self._faults:  # cheap unlocked check for the common path
+            return None
+        with self._lock:
+            return self._faults.popleft() if self._faults else None
+
+    def _take_token(self) -> bool:
+        assert self.max_rate is not None
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._last_refill) * self.max_rate)
+        self._last_refill = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.received += 1
+        raw = await request.read()
+        rec: RecordedRequest | None = None
+        if self.record:
+            rec = RecordedRequest(request.method, request.path, dict(request.headers), None, None)
+            with self._lock:
+                self._requests.append(rec)
+
+        def answer(outcome: str, resp: web.StreamResponse) -> web.StreamResponse:
+            if rec is not None:
+                rec.outcome = outcome  # set before the response is written
+            return resp
+
+        def error(code: str, message: str, status: int | None = None) -> web.StreamResponse:
+            return answer(code, _error_response(code, message, status))
+
+        if request.path != SEND_EMAIL_PATH or request.method != "POST":
+            return error("UnknownOperationException", "")
+        if self.require_auth and not request.headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256 "):
+            return error("UnrecognizedClientException", DEFAULT_MESSAGES["UnrecognizedClientException"])
+
+        # Parse before applying faults so the request is recorded in full whatever happens to it.
+        body: Any = None
+        invalid: str | None = None
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            invalid = "Could not parse request body into json."
+        if rec is not None and isinstance(body, dict):
+            rec.body = body
+        if invalid is None:
+            invalid = self._validate(body, rec)
+
+        wait = self.latency
+        fault = self._next_fault()
+        if fault is not None:
+            if fault.kind == "error":
+                return error(fault.code, fault.message, fault.status)
+            if fault.kind == "http":
+                return answer(
+                    fault.outcome,
+                    web.Response(
+                        status=fault.status, body=fault.body, headers={"Content-Type": fault.content_type}
+                    ),
+                )
+            if fault.kind == "reset":
+                self._abort(request)
+                # aiohttp silently drops the write of this response to the aborted transport.
+                return answer("reset", web.Response())
+            if fault.kind == "hang":
+                if rec is not None:
+                    rec.outcome = "hang"
+                assert self._stopping is not None
+                await self._stopping.wait()
+                self._abort(request)
+                return web.Response()
+            if fault.kind == "delay":
+                wait = 0.0
+                if await self._wait_or_stop(fault.seconds):
+                    self._abort(request)
+                    return answer("aborted", web.Response())
+            else:  # pragma: no cover - constructors only build the kinds above
+                raise ValueError(f"unknown fault kind {fault.kind!r}")
+
+        if invalid is not None:
+            return error("BadRequestException", invalid)
+        if self.max_rate is not None and not self._take_token():
+            return error("TooManyRequestsException", DEFAULT_MESSAGES["TooManyRequestsException"])
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+        message_id = new_message_id()
+        self.sent += 1
+        if rec is not None:
+            rec.message_id = message_id
+            with self._lock:
+                self._message_ids.append(message_id)
+        return answer(
+            "ok",
+            web.Response(
+                body=b'{"MessageId":"' + message_id.encode() + b'"}',
+                content_type=_JSON,
+                headers={"x-amzn-RequestId": str(uuid.uuid4())},
+            ),
+        )
+
+    def _validate(self, body: Any, rec: RecordedRequest | None) -> str | None:
+        """Return a BadRequestException message, or None. Decodes Raw.Data only when recording."""
+        if not isinstance(body, dict):
+            return "Request body must be a JSON object."
+        content = body.get("Content")
+        raw = content.get("Raw") if isinstance(content, dict) else None
+        data = raw.get("Data") if isinstance(raw, dict) else None
+        if not isinstance(data, str) or not data:
+            return "Content.Raw.Data is required."
+        if rec is not None:
+            try:
+                rec.raw_message = base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                return "Content.Raw.Data is not valid base64."
+        try:
+            n = _count_destinations(body.get("Destination"))
+        except _Invalid as exc:
+            return exc.message
+        if n == 0:
+            return "Missing required recipients: Destination has no To, Cc or Bcc addresses."
+        if n > MAX_RECIPIENTS:
+            return f"Recipient count exceeds {MAX_RECIPIENTS}."
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakes.fake_ses", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free port)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each successful answer")
+    parser.add_argument("--max-rate", type=float, default=None, help="sends/second before 429 throttling")
+    parser.add_argument("--no-auth", action="store_true", help="do not require a SigV4 Authorization header")
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    fake = FakeSES(latency=args.latency, max_rate=args.max_rate, require_auth=not args.no_auth, record=False)
+    port = fake.start(args.port)
+    print(f"fake_ses listening on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        fake.stop()
+        print(json.dumps({"received": fake.received, "sent": fake.sent}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

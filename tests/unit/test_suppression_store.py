@@ -1,0 +1,411 @@
+"""One contract suite for every suppression backend, plus sqlite-specific behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.suppression import BACKENDS, create_store
+from relay.suppression.base import Reason, StoreError, SuppressionEntry, SuppressionStore, address_key
+from relay.suppression.memory import MemoryStore
+from relay.suppression.sqlite import SqliteStore
+
+T = TypeVar("T")
+
+
+def run(coro: Awaitable[T]) -> T:
+    """No pytest-asyncio here: each step runs on a fresh loop (the stores do not bind to a loop)."""
+
+    async def wrapper() -> T:
+        return await coro
+
+    return asyncio.run(wrapper())
+
+
+async def collect(store: SuppressionStore) -> list[SuppressionEntry]:
+    return [entry async for entry in store.iter_entries()]
+
+
+def make(backend: str, path: Path) -> SuppressionStore:
+    return MemoryStore() if backend == "memory" else SqliteStore(path / "suppression.db")
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], SuppressionStore]]:
+    """A factory of unopened stores; whatever it built is closed at teardown."""
+    built: list[SuppressionStore] = []
+
+    def factory() -> SuppressionStore:
+        store = make(request.param, tmp_path)
+        built.append(store)
+        return store
+
+    yield factory
+    for store in built:
+        run(store.close())
+
+
+@pytest.fixture
+def store(new_store: Callable[[], SuppressionStore]) -> SuppressionStore:
+    s = new_store()
+    run(s.open())
+    return s
+
+
+def entry(address: str, reason: Reason = Reason.BOUNCE, **kw: object) -> SuppressionEntry:
+    return SuppressionEntry(address=address, reason=reason, **kw)  # type: ignore[arg-type]
+
+
+# --- contract: every backend ----------------------------------------------------------------
+
+
+def test_get_on_empty_store_is_none(store: SuppressionStore) -> None:
+    assert run(store.get("bob@example.com")) is None
+    assert run(store.count()) == 0
+    assert run(collect(store)) == []
+
+
+def test_put_then_get_round_trips_every_field(store: SuppressionStore) -> None:
+    full = SuppressionEntry(
+        address="bob@example.com",
+        reason=Reason.COMPLAINT,
+        source="sns",
+        created_at=1712345678.123456,
+        feedback_id="0100018e-abcd-feedback",
+        detail="abuse",
+    )
+    bare = SuppressionEntry(address="ann@example.org", reason=Reason.MANUAL, created_at=1.5)
+    run(store.put(full))
+    run(store.put(bare))
+
+    got = run(store.get("bob@example.com"))
+    assert got == full
+    assert isinstance(got.reason, Reason) and got.reason is Reason.COMPLAINT
+    assert isinstance(got.created_at, float) and got.created_at == 1712345678.123456
+    got_bare = run(store.get("ann@example.org"))
+    assert got_bare == bare
+    assert got_bare.feedback_id is None and got_bare.detail is None and got_bare.source == "manual"
+
+
+def test_lookup_is_case_insensitive_and_keeps_address_as_given(store: SuppressionStore) -> None:
+    bob = entry("bob@example.com", created_at=3.0)
+    run(store.put(bob))
+    assert run(store.get("Bob@Example.COM")) == bob
+    run(store.put(entry("Carol@Example.NET", created_at=7.0)))
+    got = run(store.get("  carol@example.net "))
+    assert got is not None and got.address == "Carol@Example.NET"
+    assert run(store.delete("CAROL@EXAMPLE.NET")) is True
+    assert run(store.get("Carol@Example.NET")) is None
+
+
+def test_put_replaces_entry_with_same_key(store: SuppressionStore) -> None:
+    run(store.put(entry("bob@example.com", Reason.BOUNCE, created_at=1.0)))
+    newer = entry("BOB@example.com", Reason.COMPLAINT, source="sqs", created_at=2.0, detail="x")
+    run(store.put(newer))
+    assert run(store.count()) == 1
+    assert run(store.get("bob@example.com")) == newer
+
+
+def test_delete_returns_true_then_false(store: SuppressionStore) -> None:
+    run(store.put(entry("bob@example.com")))
+    run(store.put(entry("ann@example.com")))
+    assert run(store.delete("bob@example.com")) is True
+    assert run(store.delete("bob@example.com")) is False
+    assert run(store.delete("nobody@example.com")) is False
+    assert run(store.get("bob@example.com")) is None
+    assert run(store.get("ann@example.com")) is not None
+
+
+def test_count(store: SuppressionStore) -> None:
+    for i in range(7):
+        run(store.put(entry(f"user{i}@example.com")))
+    run(store.put(entry("USER3@example.com")))  # replaces, does not add
+    assert run(store.count()) == 7
+    run(store.delete("user0@example.com"))
+    assert run(store.count()) == 6
+
+
+def test_put_many_from_generator(store: SuppressionStore) -> None:
+    def gen() -> Iterator[SuppressionEntry]:
+        for i in range(5000):
+            yield entry(f"u{i:05d}@example.com", source="import", created_at=float(i))
+
+    assert run(store.put_many(gen())) == 5000
+    assert run(store.count()) == 5000
+    assert run(store.get("U04999@EXAMPLE.COM")) == entry(
+        "u04999@example.com", source="import", created_at=4999.0
+    )
+    # iter_entries spans several sqlite pages here
+    keys = [e.key for e in run(collect(store))]
+    assert keys == [f"u{i:05d}@example.com" for i in range(5000)]
+
+
+def test_put_many_with_duplicate_keys_keeps_the_last(store: SuppressionStore) -> None:
+    batch = [
+        entry("bob@example.com", Reason.BOUNCE, created_at=1.0),
+        entry("ann@example.com", created_at=2.0),
+        entry("Bob@Example.com", Reason.COMPLAINT, created_at=3.0),
+        entry("BOB@EXAMPLE.COM", Reason.MANUAL, created_at=4.0),
+    ]
+    assert run(store.put_many(batch)) == 4  # entries consumed
+    assert run(store.count()) == 2
+    assert run(store.get("bob@example.com")) == batch[-1]
+
+
+def test_put_many_empty(store: SuppressionStore) -> None:
+    assert run(store.put_many(iter(()))) == 0
+    assert run(store.count()) == 0
+
+
+def test_put_many_is_all_or_nothing(store: SuppressionStore) -> None:
+    run(store.put(entry("kept@example.com")))
+
+    def broken() -> Iterator[SuppressionEntry]:
+        for i in range(25_000):  # more than one sqlite chunk before failing
+            yield entry(f"u{i}@example.com")
+        raise ValueError("bad input line")
+
+    with pytest.raises(ValueError, match="bad input line"):
+        run(store.put_many(broken()))
+    assert run(store.count()) == 1
+    assert run(store.get("u1@example.com")) is None
+    # and the store is still usable afterwards
+    run(store.put(entry("after@example.com")))
+    assert run(store.count()) == 2
+
+
+def test_iter_entries_ordered_by_key(store: SuppressionStore) -> None:
+    addresses = ["zed@example.com", "Alice@Example.com", "bob@example.com", "ALAN@example.com"]
+    for i, a in enumerate(addresses):
+        run(store.put(entry(a, created_at=float(i))))
+    got = run(collect(store))
+    assert [e.address for e in got] == [
+        "ALAN@example.com",
+        "Alice@Example.com",
+        "bob@example.com",
+        "zed@example.com",
+    ]
+    assert [e.key for e in got] == sorted(address_key(a) for a in addresses)
+
+
+def test_healthy_only_between_open_and_close(new_store: Callable[[], SuppressionStore]) -> None:
+    s = new_store()
+    assert s.healthy() is False
+    run(s.open())
+    assert s.healthy() is True
+    run(s.close())
+    assert s.healthy() is False
+    run(s.close())  # idempotent
+    assert s.healthy() is False
+
+
+def test_use_before_open_or_after_close_raises_store_error(new_store: Callable[[], SuppressionStore]) -> None:
+    s = new_store()
+    with pytest.raises(StoreError):
+        run(s.get("bob@example.com"))
+    run(s.open())
+    run(s.put(entry("bob@example.com")))
+    run(s.close())
+    with pytest.raises(StoreError):
+        run(s.put(entry("ann@example.com")))
+    with pytest.raises(StoreError):
+        run(collect(s))
+
+
+# --- factory --------------------------------------------------------------------------------
+
+
+def test_create_store(tmp_path: Path) -> None:
+    assert set(BACKENDS) == {"sqlite", "memory"}
+    assert isinstance(create_store("memory", path=None), MemoryStore)
+    s = create_store("sqlite", path=tmp_path / "s.db")
+    assert isinstance(s, SqliteStore) and s.path == tmp_path / "s.db"
+    with pytest.raises(StoreError, match="needs a path"):
+        create_store("sqlite", path=None)
+    with pytest.raises(StoreError, match="unknown suppression backend 'redis'"):
+        create_store("redis", path=None)
+
+
+def test_importing_the_package_loads_no_backend() -> None:
+    code = (
+        "import sys, relay.suppression; "
+        "print(sorted(m for m in sys.modules if m.startswith('relay.suppression.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['relay.suppression.base']"
+
+
+# --- sqlite only ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "suppression.db"
+
+
+@pytest.fixture
+def sqlite_store(db_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(db_path)
+    run(s.open())
+    yield s
+    run(s.close())
+
+
+def test_sqlite_creates_private_parent_directory(db_path: Path, sqlite_store: SqliteStore) -> None:
+    assert db_path.is_file()
+    assert db_path.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_sqlite_persists_across_reopen(db_path: Path) -> None:
+    first = SqliteStore(db_path)
+    run(first.open())
+    e = entry("Bob@Example.com", Reason.COMPLAINT, source="sns", created_at=123.25, feedback_id="f-1")
+    run(first.put_many([e, entry("ann@example.com", created_at=1.0)]))
+    run(first.close())
+
+    second = SqliteStore(db_path)
+    run(second.open())
+    try:
+        assert run(second.get("bob@example.com")) == e
+        assert run(second.count()) == 2
+    finally:
+        run(second.close())
+
+
+def test_sqlite_second_instance_writes_are_visible(db_path: Path, sqlite_store: SqliteStore) -> None:
+    assert run(sqlite_store.get("bob@example.com")) is None  # server has looked before
+    cli = SqliteStore(db_path)  # e.g. `ses-relay suppress add` in another process
+    run(cli.open())
+    try:
+        run(cli.put(entry("bob@example.com", Reason.MANUAL, created_at=5.0)))
+        run(cli.put_many(entry(f"x{i}@example.com") for i in range(100)))
+        got = run(sqlite_store.get("BOB@example.com"))
+        assert got is not None and got.reason is Reason.MANUAL
+        assert run(sqlite_store.count()) == 101
+        assert run(cli.delete("bob@example.com")) is True
+        assert run(sqlite_store.get("bob@example.com")) is None
+    finally:
+        run(cli.close())
+
+
+def test_sqlite_uses_wal_and_schema_version(db_path: Path, sqlite_store: SqliteStore) -> None:
+    run(sqlite_store.put(entry("bob@example.com")))
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'suppression'").fetchone()[0]
+        assert "WITHOUT ROWID" in sql
+        assert conn.execute("SELECT key, address FROM suppression").fetchall() == [
+            ("bob@example.com", "bob@example.com")
+        ]
+
+
+def test_sqlite_connection_belongs_to_the_worker_thread(sqlite_store: SqliteStore) -> None:
+    # Created on the worker thread with check_same_thread on: the event loop thread cannot use it.
+    conn = sqlite_store._conn
+    assert conn is not None
+    with pytest.raises(sqlite3.ProgrammingError, match="thread"):
+        conn.execute("SELECT 1")
+
+
+def test_sqlite_open_directory_path_fails(tmp_path: Path) -> None:
+    target = tmp_path / "is-a-dir"
+    target.mkdir()
+    s = SqliteStore(target)
+    with pytest.raises(StoreError) as err:
+        run(s.open())
+    assert str(target) in str(err.value) and "directory" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert s.healthy() is False
+
+
+def test_sqlite_open_garbage_file_fails(tmp_path: Path) -> None:
+    target = tmp_path / "garbage.db"
+    garbage = b"this is not sqlite\x00\xff" * 200
+    target.write_bytes(garbage)
+    s = SqliteStore(target)
+    with pytest.raises(StoreError) as err:
+        run(s.open())
+    assert str(target) in str(err.value) and "not a database" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert s.healthy() is False
+    assert target.read_bytes() == garbage  # left untouched
+
+
+def test_sqlite_open_newer_schema_fails(tmp_path: Path) -> None:
+    target = tmp_path / "future.db"
+    with closing(sqlite3.connect(target)) as conn:
+        conn.execute("PRAGMA user_version = 99")
+        conn.commit()
+    s = SqliteStore(target)
+    with pytest.raises(StoreError) as err:
+        run(s.open())
+    assert str(target) in str(err.value) and "99" in str(err.value)
+    assert s.healthy() is False
+    with closing(sqlite3.connect(target)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 99  # not "migrated" down
+
+
+def test_sqlite_open_uncreatable_parent_fails(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    target = blocker / "sub" / "suppression.db"  # parent cannot be created under a regular file
+    with pytest.raises(StoreError) as err:
+        run(SqliteStore(target).open())
+    assert str(target) in str(err.value) and "cannot create directory" in str(err.value)
+
+
+# --- property: behaves like a dict keyed by address_key ----------------------------------------
+
+CASE_VARIANTS = [str, str.upper, str.lower, str.swapcase, lambda s: f"  {s}\t"]
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "get", "delete"]),
+        st.integers(min_value=0, max_value=7),  # index into the address pool, so keys collide
+        st.sampled_from(range(len(CASE_VARIANTS))),
+        st.sampled_from(list(Reason)),
+    ),
+    max_size=30,
+)
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+@settings(max_examples=60, deadline=None)
+@given(pool=st.lists(st.text(max_size=12), min_size=8, max_size=8), ops=operations)
+def test_store_behaves_like_a_dict(
+    backend: str, pool: list[str], ops: list[tuple[str, int, int, Reason]]
+) -> None:
+    async def scenario(store: SuppressionStore) -> None:
+        model: dict[str, SuppressionEntry] = {}
+        for step, (op, index, variant, reason) in enumerate(ops):
+            address = CASE_VARIANTS[variant](pool[index])
+            key = address.strip().lower()
+            if op == "put":
+                e = SuppressionEntry(address=address, reason=reason, created_at=float(step))
+                await store.put(e)
+                model[key] = e
+            elif op == "get":
+                assert await store.get(address) == model.get(key)
+            else:
+                assert await store.delete(address) == (model.pop(key, None) is not None)
+        assert await store.count() == len(model)
+        assert await collect(store) == [model[k] for k in sorted(model)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = make(backend, Path(tmp))
+        run(store.open())
+        try:
+            run(scenario(store))
+        finally:
+            run(store.close())
