@@ -1,0 +1,182 @@
+"""The composition root: builds every part from the Config, starts them in order, stops them gracefully.
+
+Only this module sees the whole Config; every other part gets narrow arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+
+from aiohttp import web
+
+from relay.config import Config, parse_host_port
+from relay.dryrun import DryRunSender
+from relay.metrics import RelayMetrics
+from relay.sending import Sender
+from relay.ses.client import SesSender, StartupError
+from relay.smtp.handler import RelayHandler
+from relay.smtp.server import SmtpServer
+from relay.suppression import create_store
+from relay.suppression.base import StoreError, SuppressionStore
+from relay.web import build_app
+
+log = logging.getLogger("relay")
+
+__all__ = ["Relay", "StartupError", "build_sender", "open_store"]
+
+
+def build_sender(config: Config, metrics: RelayMetrics) -> Sender:
+    if config.ses.dry_run:
+        return DryRunSender(config.dry_run_dir)
+    ses = config.ses
+    return SesSender(
+        region=ses.region,
+        endpoint_url=ses.endpoint_url,
+        configuration_set=ses.configuration_set,
+        tags=ses.tags,
+        max_send_rate=ses.max_send_rate,
+        connect_timeout=ses.connect_timeout,
+        request_timeout=ses.request_timeout,
+        max_connections=ses.max_connections,
+        metrics=metrics,
+    )
+
+
+async def open_store(config: Config) -> SuppressionStore:
+    path = config.suppression_path if config.suppression.backend == "sqlite" else None
+    store = create_store(config.suppression.backend, path=path)
+    try:
+        await store.open()
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None
+    return store
+
+
+class Relay:
+    """Start with `await start()`, stop with `await stop()`; `run()` does both around signal handling."""
+
+    def __init__(self, config: Config, *, metrics: RelayMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or RelayMetrics()
+        self.smtp_addresses: list[tuple[str, int]] = []
+        self.http_address: tuple[str, int] | None = None
+        self._stop_requested = asyncio.Event()
+        self._store: SuppressionStore | None = None
+        self._sender: Sender | None = None
+        self._smtp: SmtpServer | None = None
+        self._web: web.AppRunner | None = None
+        self._listening = False
+
+    async def start(self) -> None:
+        config = self.config
+        try:
+            self._store = await open_store(config)
+            self._sender = build_sender(config, self.metrics)
+            await self._sender.start()
+            handler = RelayHandler(
+                sender=self._sender,
+                store=self._store,
+                metrics=self.metrics,
+                max_recipients=config.smtp.max_recipients,
+                on_suppressed=config.suppression.on_suppressed,
+                dry_run=config.ses.dry_run,
+            )
+            self._smtp = SmtpServer(
+                handler,
+                hostname=config.smtp.hostname,
+                max_message_size=config.smtp.max_message_size,
+                allowed_networks=config.smtp.allowed_networks,
+                max_connections=config.smtp.max_connections,
+                idle_timeout=config.smtp.idle_timeout,
+                command_call_limit=config.smtp.command_call_limit,
+                metrics=self.metrics,
+            )
+            if config.http.listen:
+                await self._start_http(config.http.listen)
+            for item in config.smtp.listen:
+                host, port = parse_host_port(item)
+                try:
+                    self.smtp_addresses.append(await self._smtp.listen(host, port))
+                except OSError as exc:
+                    raise StartupError(f"cannot listen for SMTP on {item}: {exc.strerror or exc}") from None
+        except BaseException:
+            await self.stop()
+            raise
+        self._listening = True
+        log.info(
+            "ses-relay listening",
+            extra={
+                "fields": {
+                    "smtp": [f"{h}:{p}" for h, p in self.smtp_addresses],
+                    "http": f"{self.http_address[0]}:{self.http_address[1]}" if self.http_address else None,
+                    "mode": "dry-run" if config.ses.dry_run else config.delivery.mode,
+                }
+            },
+        )
+
+    async def _start_http(self, listen: str) -> None:
+        host, port = parse_host_port(listen)
+        checks = {
+            "smtp": lambda: (self._listening, "listening" if self._listening else "not listening"),
+            "suppression_store": lambda: (bool(self._store and self._store.healthy()), "open"),
+            "sender": lambda: self._sender.readiness() if self._sender else (False, "not started"),
+        }
+        self.metrics.register_gauge_callback(
+            "ses_relay_smtp_sends_in_flight",
+            "DATA transactions waiting for the sender",
+            lambda: self._smtp.handler.sends_in_flight if self._smtp else 0,
+        )
+        self._web = web.AppRunner(
+            build_app(self.metrics.registry, checks), access_log=None, handle_signals=False
+        )
+        await self._web.setup()
+        site = web.TCPSite(self._web, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen for HTTP on {listen}: {exc.strerror or exc}") from None
+        bound = site._server.sockets[0].getsockname()  # aiohttp keeps the bound port only here
+        self.http_address = (bound[0], bound[1])
+
+    def request_stop(self) -> None:
+        """Safe from a signal handler: only sets a flag."""
+        self._stop_requested.set()
+
+    async def stop(self) -> None:
+        self._listening = False
+        if self._smtp is not None:
+            self._smtp.stop_accepting()
+            await self._smtp.drain(self.config.smtp.shutdown_grace)
+            self._smtp = None
+        if self._web is not None:
+            await self._web.cleanup()
+            self._web = None
+        if self._sender is not None:
+            await self._sender.close()
+            self._sender = None
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    async def run(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        installed = []
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.request_stop)
+                installed.append(signum)
+        try:
+            await self._stop_requested.wait()
+            log.info(
+                "stopping: no new connections; waiting up to %ss for open transactions",
+                self.config.smtp.shutdown_grace,
+            )
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+            await self.stop()
+        log.info("stopped")

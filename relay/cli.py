@@ -1,0 +1,207 @@
+"""`ses-relay` command line: serve, check-config, send-test, suppression."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import smtplib
+import sys
+import time
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+
+from relay import __version__
+from relay.config import Config, ConfigError, load_config, parse_host_port
+from relay.logs import configure_logging
+from relay.suppression.base import Reason, StoreError, SuppressionEntry
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> int:
+    print(f"ses-relay: error: {message}", file=sys.stderr)
+    return code
+
+
+def _load(args: argparse.Namespace, overrides: dict | None = None) -> Config:
+    return load_config(args.config, overrides=overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from relay.app import Relay, StartupError
+
+    overrides = {"ses": {"dry_run": True}} if args.dry_run else None
+    config = _load(args, overrides)
+    configure_logging(config.logging.level, config.logging.format)
+    relay = Relay(config)
+    try:
+        asyncio.run(relay.run())
+    except StartupError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    source = args.config or "built-in defaults (no /etc/ses-relay/config.yaml)"
+    mode = "dry-run" if config.ses.dry_run else config.delivery.mode
+    print(f"config OK: {source}")
+    print(f"  smtp {', '.join(config.smtp.listen)}  http {config.http.listen}  mode {mode}")
+    print(f"  suppression {config.suppression.backend} {config.suppression_path}")
+    print(
+        f"  ses region {config.ses.region or '(boto3 chain)'} endpoint {config.ses.endpoint_url or '(AWS)'}"
+    )
+    return EXIT_OK
+
+
+def cmd_send_test(args: argparse.Namespace) -> int:
+    host, port = parse_host_port(args.smtp)
+    message = EmailMessage()
+    message["From"] = args.sender
+    message["To"] = ", ".join(args.to)
+    message["Subject"] = args.subject
+    message["Message-ID"] = make_msgid(domain=args.sender.rpartition("@")[2] or None)
+    message.set_content(
+        f"Test message from ses-relay {__version__} at {time.strftime('%Y-%m-%d %H:%M:%S %z')}.\n"
+    )
+    try:
+        with smtplib.SMTP(host, port, local_hostname="localhost", timeout=args.timeout) as client:
+            client.ehlo()
+            code, reply = client.mail(args.sender)
+            if code != 250:
+                print(f"MAIL FROM: {code} {reply.decode(errors='replace')}")
+                return EXIT_FAILURE
+            accepted = 0
+            for recipient in args.to:
+                code, reply = client.rcpt(recipient)
+                print(f"RCPT TO:<{recipient}>: {code} {reply.decode(errors='replace')}")
+                accepted += code == 250
+            if not accepted:
+                client.rset()
+                return EXIT_FAILURE
+            code, reply = client.data(message.as_bytes())
+            print(f"DATA: {code} {reply.decode(errors='replace')}")
+            return EXIT_OK if code == 250 else EXIT_FAILURE
+    except (TimeoutError, OSError, smtplib.SMTPException) as exc:
+        return _fail(f"cannot talk SMTP to {args.smtp}: {exc}")
+
+
+async def _with_store(config: Config, action):
+    from relay.app import open_store
+
+    if config.suppression.backend == "memory":
+        raise StoreError("suppression.backend is 'memory': there is no shared store for the CLI to edit")
+    store = await open_store(config)
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+def cmd_suppression(args: argparse.Namespace) -> int:
+    from relay.app import StartupError
+
+    config = _load(args)
+
+    async def add(store):
+        await store.put(
+            SuppressionEntry(args.address, Reason(args.reason), source="manual", detail=args.detail)
+        )
+        print(f"suppressed {args.address} ({args.reason})")
+        return EXIT_OK
+
+    async def remove(store):
+        if await store.delete(args.address):
+            print(f"removed {args.address}")
+            return EXIT_OK
+        print(f"{args.address} is not on the suppression list")
+        return EXIT_FAILURE
+
+    async def check(store):
+        entry = await store.get(args.address)
+        if entry is None:
+            print(f"{args.address}: not suppressed")
+            return EXIT_FAILURE
+        print(
+            f"{entry.address}: {entry.reason.value} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(entry.created_at))} UTC (source {entry.source})"
+        )
+        return EXIT_OK
+
+    async def listing(store):
+        count = 0
+        async for entry in store.iter_entries():
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.created_at))
+            print(f"{entry.address}\t{entry.reason.value}\t{stamp}\t{entry.source}")
+            count += 1
+        print(f"{count} suppressed", file=sys.stderr)
+        return EXIT_OK
+
+    action = {"add": add, "remove": remove, "check": check, "list": listing}[args.suppression_command]
+    try:
+        return asyncio.run(_with_store(config, action))
+    except (StoreError, StartupError) as exc:
+        return _fail(str(exc))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ses-relay", description="Local SMTP relay for Amazon SES")
+    parser.add_argument("--version", action="version", version=f"ses-relay {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            help="YAML config (default /etc/ses-relay/config.yaml if present, else built-in defaults)",
+        )
+        return sub
+
+    serve = with_config(commands.add_parser("serve", help="run the relay"))
+    serve.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="do everything but call SES; save accepted mail as .eml under <state>/dry-run/",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    check = with_config(
+        commands.add_parser("check-config", help="validate the config and exit (2 if invalid)")
+    )
+    check.set_defaults(func=cmd_check_config)
+
+    test = commands.add_parser("send-test", help="send a small test message through a running relay")
+    test.add_argument("--from", dest="sender", required=True, metavar="ADDRESS")
+    test.add_argument("--to", required=True, action="append", metavar="ADDRESS", help="repeatable")
+    test.add_argument("--smtp", default="127.0.0.1:2525", metavar="HOST:PORT")
+    test.add_argument("--subject", default="ses-relay test message")
+    test.add_argument("--timeout", type=float, default=60.0)
+    test.set_defaults(func=cmd_send_test)
+
+    suppression = commands.add_parser("suppression", help="inspect or edit the local suppression list")
+    actions = suppression.add_subparsers(dest="suppression_command", required=True, metavar="ACTION")
+    add = with_config(actions.add_parser("add", help="suppress an address"))
+    add.add_argument("address")
+    add.add_argument("--reason", choices=[r.value for r in Reason], default=Reason.MANUAL.value)
+    add.add_argument("--detail", default=None, help="free text kept with the entry")
+    for name, text in (
+        ("remove", "stop suppressing an address"),
+        ("check", "is this address suppressed? (exit 0 if so)"),
+    ):
+        with_config(actions.add_parser(name, help=text)).add_argument("address")
+    with_config(actions.add_parser("list", help="print every entry (tab-separated)"))
+    suppression.set_defaults(func=cmd_suppression)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG

@@ -1,0 +1,22 @@
+"""SMTP reply lines the relay itself produces (SES outcomes live in relay.ses.errors)."""
+
+OK_SENDER = "250 2.1.0 Ok"
+OK_RECIPIENT = "250 2.1.5 Ok"
+OK_SENT = "250 2.0.0 Ok {message_id}"
+OK_ALL_DROPPED = "250 2.0.0 Ok: not sent, every recipient is on the suppression list"
+OK_DRY_RUN = "250 2.0.0 Ok {message_id} (dry run: saved, not sent)"
+
+NOT_ALLOWED = "554 5.7.1 {peer} is not allowed to use this relay"
+TOO_BUSY = "421 4.7.0 Too many connections; try again later"
+SHUTTING_DOWN = "421 4.3.2 Relay shutting down; try again later"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients; send the rest in another transaction"
+SUPPRESSED_BOUNCE = "550 5.1.1 <{address}> is on the suppression list: it bounced permanently"
+SUPPRESSED_COMPLAINT = "550 5.7.1 <{address}> is on the suppression list: the recipient complained"
+SUPPRESSED_MANUAL = "550 5.7.1 <{address}> is on the suppression list"
+STORE_UNAVAILABLE = "451 4.3.0 Suppression list unavailable; try again later"
+INTERNAL_ERROR = "451 4.3.0 Internal relay error; try again later"
+MESSAGE_TOO_BIG = "552 5.3.4 Message too big for this relay (limit {limit} bytes)"
+SMTPUTF8_UNSUPPORTED = (
+    "553 5.6.7 Non-ASCII addresses need SMTPUTF8, which this relay and Amazon SES do not support"
+)
+LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 998 characters)"

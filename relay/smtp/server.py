@@ -1,0 +1,160 @@
+"""aiosmtpd's SMTP protocol with the relay's connection policy and enhanced status codes.
+
+One `SmtpServer` owns the listening sockets and the live sessions, so shutdown can stop accepting,
+let transactions in progress finish, and then hang up on the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from functools import partial
+
+from aiosmtpd.smtp import SMTP
+
+from relay.smtp import replies
+from relay.smtp.handler import RelayEnvelope, RelayHandler
+
+log = logging.getLogger("relay.smtp")
+
+# aiosmtpd's own reply texts -> the same meaning with RFC 3463 enhanced codes.
+_REWRITES = {
+    b"552 Error: Too much mail data": None,  # filled per server (needs the limit)
+    b"552 Error: message size exceeds fixed maximum message size": None,
+    b"500 Error: strict ASCII mode": replies.SMTPUTF8_UNSUPPORTED.encode(),
+    b"501 Error: SMTPUTF8 disabled": replies.SMTPUTF8_UNSUPPORTED.encode(),
+    b"500 Line too long (see RFC5321 4.5.3.1.6)": replies.LINE_TOO_LONG.encode(),
+}
+
+
+def _networks(cidrs: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
+
+
+class SmtpServer:
+    def __init__(
+        self,
+        handler: RelayHandler,
+        *,
+        hostname: str,
+        max_message_size: int,
+        allowed_networks: list[str],
+        max_connections: int,
+        idle_timeout: float,
+        command_call_limit: int,
+        metrics,
+    ) -> None:
+        self.handler = handler
+        self._networks = _networks(allowed_networks)
+        self._max_connections = max_connections
+        self._metrics = metrics
+        too_big = replies.MESSAGE_TOO_BIG.format(limit=max_message_size).encode()
+        self._rewrites = {key: value or too_big for key, value in _REWRITES.items()}
+        self._smtp_kwargs = dict(
+            data_size_limit=max_message_size,
+            enable_SMTPUTF8=False,  # SES does not support it; see replies.SMTPUTF8_UNSUPPORTED
+            decode_data=False,
+            hostname=hostname,  # set, so aiosmtpd never calls getfqdn() per connection
+            ident="ses-relay ESMTP",
+            timeout=idle_timeout,
+            command_call_limit=command_call_limit,
+        )
+        self.sessions: set[RelaySMTP] = set()
+        self._servers: list[asyncio.Server] = []
+
+    def allowed(self, peer) -> bool:
+        try:
+            address = ipaddress.ip_address(peer[0].split("%", 1)[0])
+        except (TypeError, ValueError, IndexError):
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._networks)
+
+    def _protocol(self) -> RelaySMTP:
+        return RelaySMTP(self.handler, server=self, loop=asyncio.get_running_loop(), **self._smtp_kwargs)
+
+    async def listen(self, host: str, port: int) -> tuple[str, int]:
+        """Bind one address; returns the bound (host, port) (port 0 picks a free one)."""
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server = await loop.create_server(
+            partial(self._protocol), host, port, family=family, reuse_address=True, backlog=512
+        )
+        self._servers.append(server)
+        bound = server.sockets[0].getsockname()
+        return bound[0], bound[1]
+
+    def stop_accepting(self) -> None:
+        self.handler.shutting_down = True
+        for server in self._servers:
+            server.close()
+
+    async def drain(self, grace: float) -> None:
+        """Let open transactions finish (bounded by `grace` seconds), then hang up on everyone."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while loop.time() < deadline:
+            busy = [s for s in self.sessions if s.in_transaction()]
+            for session in self.sessions - set(busy):
+                session.hang_up(replies.SHUTTING_DOWN)
+            if not busy and not self.handler.sends_in_flight:
+                break
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.hang_up(replies.SHUTTING_DOWN)
+        for server in self._servers:
+            await server.wait_closed()
+
+
+class RelaySMTP(SMTP):
+    def __init__(self, handler: RelayHandler, *, server: SmtpServer, **kwargs) -> None:
+        super().__init__(handler, **kwargs)
+        self._relay_server = server
+        self._hung_up = False
+
+    def _create_envelope(self) -> RelayEnvelope:
+        return RelayEnvelope()
+
+    def in_transaction(self) -> bool:
+        return bool(self.envelope is not None and self.envelope.mail_from)
+
+    def hang_up(self, reply: str) -> None:
+        if self._hung_up or self.transport is None:
+            return
+        self._hung_up = True
+        try:
+            self._writer.write(reply.encode() + b"\r\n")
+        except Exception:  # noqa: BLE001 - the peer may already be gone
+            pass
+        self.transport.close()
+
+    async def push(self, status) -> None:
+        if isinstance(status, str):
+            status = status.encode("ascii", "replace")
+        await super().push(self._relay_server._rewrites.get(status, status))
+
+    async def _handle_client(self) -> None:
+        server = self._relay_server
+        metrics = server._metrics
+        if not server.allowed(self.session.peer):
+            metrics.smtp_sessions.labels("rejected_network").inc()
+            log.warning("connection refused: %s not in smtp.allowed_networks", self.session.peer[0])
+            await self.push(replies.NOT_ALLOWED.format(peer=self.session.peer[0]))
+            self.transport.close()
+            return
+        if len(server.sessions) >= server._max_connections or server.handler.shutting_down:
+            metrics.smtp_sessions.labels("rejected_busy").inc()
+            await self.push(replies.SHUTTING_DOWN if server.handler.shutting_down else replies.TOO_BUSY)
+            self.transport.close()
+            return
+        metrics.smtp_sessions.labels("accepted").inc()
+        metrics.smtp_active_sessions.inc()
+        server.sessions.add(self)
+        try:
+            await super()._handle_client()
+        finally:
+            server.sessions.discard(self)
+            metrics.smtp_active_sessions.dec()
