@@ -39,7 +39,9 @@ class RelayEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.keys: set[str] = set()  # normalised recipients seen, to ignore repeats
-        self.dropped: list[str] = []  # suppressed recipients accepted and skipped (on_suppressed: drop)
+        # Suppressed recipients accepted and skipped (on_suppressed: drop). They stay in rcpt_tos too,
+        # because aiosmtpd refuses DATA when rcpt_tos is empty.
+        self.dropped: list[str] = []
         self.started = 0.0
 
 
@@ -89,7 +91,7 @@ class RelayHandler:
         key = address_key(address)
         if key in envelope.keys:
             return replies.OK_RECIPIENT  # a repeat: SES would send it twice, the client meant once
-        if len(envelope.rcpt_tos) + len(envelope.dropped) >= self._max_recipients:
+        if len(envelope.rcpt_tos) >= self._max_recipients:
             self._metrics.recipients_rejected.labels("too_many").inc()
             return replies.TOO_MANY_RECIPIENTS
         try:
@@ -104,6 +106,7 @@ class RelayHandler:
             self._metrics.suppression_hits.labels(entry.reason.value, action).inc()
             if self._drop_suppressed:
                 envelope.dropped.append(address)
+                envelope.rcpt_tos.append(address)
                 return replies.OK_RECIPIENT
             envelope.keys.discard(key)
             self._metrics.recipients_rejected.labels(f"suppressed_{entry.reason.value.lower()}").inc()
@@ -115,11 +118,13 @@ class RelayHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: RelayEnvelope) -> str:
         queue_id = secrets.token_hex(6)
         raw: bytes = envelope.original_content or b""
+        dropped = set(envelope.dropped)
+        recipients = [address for address in envelope.rcpt_tos if address not in dropped]
         record: dict[str, Any] = {
             "queue_id": queue_id,
             "client": session.peer[0] if session.peer else None,
             "mail_from": envelope.mail_from,
-            "recipients": len(envelope.rcpt_tos),
+            "recipients": len(recipients),
             "dropped": len(envelope.dropped),
             "size": len(raw),
         }
@@ -127,12 +132,12 @@ class RelayHandler:
         try:
             prepared = prepare(raw)
             record["message_id"] = prepared.message_id
-            if not envelope.rcpt_tos:
+            if not recipients:
                 reply = replies.OK_ALL_DROPPED
             else:
                 outgoing = OutgoingMessage(
                     raw=prepared.raw,
-                    recipients=list(envelope.rcpt_tos),
+                    recipients=recipients,
                     mail_from=envelope.mail_from or NULL_SENDER,
                     configuration_set=prepared.configuration_set,
                     tags=prepared.tags,
