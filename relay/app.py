@@ -14,6 +14,9 @@ from aiohttp import web
 
 from relay.config import Config, parse_host_port
 from relay.dryrun import DryRunSender
+from relay.feedback.processor import FeedbackProcessor
+from relay.feedback.sns import HttpGet, https_get
+from relay.feedback.sqs import SqsPoller
 from relay.metrics import RelayMetrics
 from relay.sending import Sender
 from relay.ses.client import SesSender, StartupError
@@ -58,9 +61,20 @@ async def open_store(config: Config) -> SuppressionStore:
 class Relay:
     """Start with `await start()`, stop with `await stop()`; `run()` does both around signal handling."""
 
-    def __init__(self, config: Config, *, metrics: RelayMetrics | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: RelayMetrics | None = None,
+        sns_http_get: HttpGet = https_get,
+    ) -> None:
+        """`sns_http_get` fetches SNS signing certificates and confirms subscriptions. Tests inject one
+        that serves their own test CA; there is deliberately no config key for it."""
         self.config = config
         self.metrics = metrics or RelayMetrics()
+        self._sns_http_get = sns_http_get
+        self._feedback: FeedbackProcessor | None = None
+        self._sqs: SqsPoller | None = None
         self.smtp_addresses: list[tuple[str, int]] = []
         self.http_address: tuple[str, int] | None = None
         self._stop_requested = asyncio.Event()
@@ -74,6 +88,13 @@ class Relay:
         config = self.config
         try:
             self._store = await open_store(config)
+            transient = config.feedback.transient_bounces
+            self._feedback = FeedbackProcessor(
+                self._store,
+                self.metrics,
+                transient_suppress_after=transient.suppress_after,
+                transient_window=transient.window,
+            )
             self._sender = build_sender(config, self.metrics)
             await self._sender.start()
             handler = RelayHandler(
@@ -102,6 +123,17 @@ class Relay:
                     self.smtp_addresses.append(await self._smtp.listen(host, port))
                 except OSError as exc:
                     raise StartupError(f"cannot listen for SMTP on {item}: {exc.strerror or exc}") from None
+            if config.feedback.sqs.queue_url:
+                sqs = config.feedback.sqs
+                self._sqs = SqsPoller(
+                    sqs.queue_url,
+                    self._feedback,
+                    self.metrics,
+                    region=sqs.region,
+                    endpoint_url=sqs.endpoint_url,
+                    wait_time=sqs.wait_time,
+                )
+                await self._sqs.start()
         except BaseException:
             await self.stop()
             raise
@@ -151,6 +183,9 @@ class Relay:
             self._smtp.stop_accepting()
             await self._smtp.drain(self.config.smtp.shutdown_grace)
             self._smtp = None
+        if self._sqs is not None:
+            await self._sqs.stop()
+            self._sqs = None
         if self._web is not None:
             await self._web.cleanup()
             self._web = None

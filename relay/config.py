@@ -132,15 +132,39 @@ class SuppressionConfig(_Section):
 class SnsFeedbackConfig(_Section):
     enabled: bool = False
     topic_arns: list[str] = []
+    max_age: float = Field(3600.0, gt=0)  # seconds; older (replayed) SNS messages are refused
+
+    @field_validator("topic_arns")
+    @classmethod
+    def _arns(cls, value: list[str]) -> list[str]:
+        for arn in value:
+            if not re.fullmatch(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}", arn):
+                raise ValueError(f"{arn!r} is not an SNS topic ARN")
+        return value
+
+    @model_validator(mode="after")
+    def _need_topics(self) -> SnsFeedbackConfig:
+        if self.enabled and not self.topic_arns:
+            raise ValueError("topic_arns must name the SES feedback topic(s) when enabled")
+        return self
 
 
 class SqsFeedbackConfig(_Section):
     queue_url: str | None = None
+    region: str | None = None  # None: from the queue URL, else the boto3 chain
+    endpoint_url: str | None = None  # for tests and emulators
+    wait_time: int = Field(20, ge=1, le=20)  # long-poll seconds (SQS maximum 20)
+
+
+class TransientBounceConfig(_Section):
+    suppress_after: int | None = Field(None, ge=1)  # None: transient bounces never suppress
+    window: float = Field(86400.0, gt=0)  # seconds
 
 
 class FeedbackConfig(_Section):
     sns: SnsFeedbackConfig = SnsFeedbackConfig()
     sqs: SqsFeedbackConfig = SqsFeedbackConfig()
+    transient_bounces: TransientBounceConfig = TransientBounceConfig()
 
 
 class HttpConfig(_Section):
@@ -177,8 +201,8 @@ class Config(_Section):
             raise ValueError("smtp.auth: SMTP AUTH is not available in this version")
         if self.smtp.tls.cert or self.smtp.tls.key or self.smtp.tls.implicit_listen:
             raise ValueError("smtp.tls: TLS is not available in this version")
-        if self.feedback.sns.enabled or self.feedback.sqs.queue_url:
-            raise ValueError("feedback: SNS/SQS feedback is not available in this version")
+        if self.feedback.sns.enabled and not self.http.listen:
+            raise ValueError("feedback.sns.enabled needs http.listen (SNS posts to /sns)")
         return self
 
     # Resolved paths: everything stateful lives under one directory.

@@ -73,6 +73,19 @@ class RelayMetrics:
             registry=r,
         )
 
+        self.feedback_events = Counter(
+            "ses_relay_feedback_events_total",
+            "SES feedback events received, by type and subtype",
+            ["type", "subtype", "source"],
+            registry=r,
+        )  # source: sns | sqs
+        self.sns_rejected = Counter(
+            "ses_relay_sns_messages_rejected_total", "SNS messages refused, by reason", ["reason"], registry=r
+        )
+        self.sqs_errors = Counter(
+            "ses_relay_sqs_errors_total", "SQS polling problems, by kind", ["kind"], registry=r
+        )
+
     def register_gauge_callback(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A gauge computed at scrape time (store size, spool depth)."""
         self.registry.register(_CallbackCollector(name, documentation, read))

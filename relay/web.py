@@ -1,4 +1,4 @@
-"""The HTTP side: /metrics, /healthz, /readyz (and /sns when the feedback loop comes)."""
+"""The HTTP side: /metrics, /healthz, /readyz, and /sns when SNS feedback is enabled."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 ReadinessCheck = Callable[[], tuple[bool, str]]
 
 
-def build_app(registry: CollectorRegistry, checks: dict[str, ReadinessCheck]) -> web.Application:
+def build_app(
+    registry: CollectorRegistry, checks: dict[str, ReadinessCheck], sns_handler=None
+) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -34,4 +36,6 @@ def build_app(registry: CollectorRegistry, checks: dict[str, ReadinessCheck]) ->
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if sns_handler is not None:
+        app.router.add_post("/sns", sns_handler)
     return app

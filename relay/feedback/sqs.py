@@ -1,0 +1,137 @@
+"""Long-poll an SQS queue subscribed to the SES feedback topic.
+
+A message is deleted only after its event is applied to the store: a crash or a store failure leaves
+it in the queue, and SQS delivers it again after the visibility timeout. Bodies may be SNS-wrapped
+(the usual SNS -> SQS subscription) or raw (raw message delivery). The queue's access policy is the
+trust boundary here, so SNS signatures are not checked on this path.
+
+boto3 does the SQS calls in one dedicated thread: a long poll blocks for up to `wait_time` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+
+from relay.feedback.events import FeedbackEvent, FeedbackFormatError, parse_ses_notification
+from relay.feedback.processor import FeedbackProcessor
+from relay.metrics import RelayMetrics
+from relay.suppression.base import StoreError
+
+log = logging.getLogger("relay.feedback.sqs")
+ERROR_BACKOFF_SECONDS = 5.0
+
+
+def parse_sqs_body(body: str) -> FeedbackEvent:
+    try:
+        data: Any = json.loads(body)
+    except ValueError as exc:
+        raise FeedbackFormatError(f"not JSON: {exc}") from None
+    if isinstance(data, dict) and data.get("Type") == "Notification" and isinstance(data.get("Message"), str):
+        data = data["Message"]  # SNS envelope around the SES JSON
+    return parse_ses_notification(data)
+
+
+class SqsPoller:
+    def __init__(
+        self,
+        queue_url: str,
+        processor: FeedbackProcessor,
+        metrics: RelayMetrics,
+        *,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        wait_time: int = 20,
+    ) -> None:
+        self.queue_url = queue_url
+        self._processor = processor
+        self._metrics = metrics
+        self._region = region
+        self._endpoint_url = endpoint_url
+        self._wait_time = wait_time
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqs-poller")
+        self._client: Any = None
+        self._task: asyncio.Task | None = None
+        self.polls = 0  # completed receive calls, for tests and /readyz-style checks
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._client = await loop.run_in_executor(self._executor, self._make_client)
+        self._task = asyncio.create_task(self._run(), name="sqs-poller")
+        log.info("polling %s for SES feedback", self.queue_url)
+
+    def _make_client(self) -> Any:
+        session = boto3.Session(region_name=self._region)
+        region = self._region or session.region_name or _region_from_url(self.queue_url) or "us-east-1"
+        return session.client("sqs", region_name=region, endpoint_url=self._endpoint_url)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        # A receive in flight is abandoned, not awaited: its messages reappear after the visibility timeout.
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                messages = await loop.run_in_executor(self._executor, self._receive)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - network/credentials trouble: log, back off, retry
+                self._metrics.sqs_errors.labels("receive").inc()
+                log.error("SQS receive failed: %s: %s", exc.__class__.__name__, exc)
+                await asyncio.sleep(ERROR_BACKOFF_SECONDS)
+                continue
+            self.polls += 1
+            for message in messages:
+                await self._handle(message)
+
+    def _receive(self) -> list[dict[str, Any]]:
+        response = self._client.receive_message(
+            QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=self._wait_time
+        )
+        return response.get("Messages", [])
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        try:
+            event = parse_sqs_body(message.get("Body", ""))
+        except FeedbackFormatError as exc:
+            # Left in the queue: a redrive policy moves it to a dead-letter queue; nothing is lost silently.
+            self._metrics.sqs_errors.labels("unparsable").inc()
+            log.warning(
+                "SQS message %s is not SES feedback (%s); left in the queue", message.get("MessageId"), exc
+            )
+            return
+        try:
+            await self._processor.apply(event, source="sqs")
+        except StoreError as exc:
+            self._metrics.sqs_errors.labels("store").inc()
+            log.error("could not record SES feedback from SQS (will be redelivered): %s", exc)
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor,
+                lambda: self._client.delete_message(
+                    QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"]
+                ),
+            )
+        except Exception as exc:  # noqa: BLE001 - redelivery applies the event again, harmlessly
+            self._metrics.sqs_errors.labels("delete").inc()
+            log.warning("SQS delete failed (the event will be applied again): %s", exc)
+
+
+def _region_from_url(queue_url: str) -> str | None:
+    # https://sqs.eu-west-1.amazonaws.com/123456789012/name
+    host = queue_url.split("/")[2] if queue_url.count("/") >= 2 else ""
+    parts = host.split(".")
+    return parts[1] if len(parts) > 2 and parts[0] == "sqs" else None

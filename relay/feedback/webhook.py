@@ -1,0 +1,86 @@
+"""POST /sns: SNS HTTP subscription endpoint for SES feedback.
+
+Answers fast (SNS retries an HTTP endpoint only a few times): verify, apply, 200. A store failure
+answers 503 so SNS retries later; a forged or foreign message answers 403 and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from relay.feedback.events import FeedbackFormatError, parse_ses_notification
+from relay.feedback.processor import FeedbackProcessor
+from relay.feedback.sns import HttpGet, RecentIds, SnsVerificationError, SnsVerifier, https_get
+from relay.metrics import RelayMetrics
+from relay.suppression.base import StoreError
+
+log = logging.getLogger("relay.feedback.sns")
+
+MAX_BODY = 256 * 1024 + 16 * 1024  # SNS messages are at most 256 KiB, plus the envelope
+
+
+def sns_handler(
+    verifier: SnsVerifier,
+    processor: FeedbackProcessor,
+    metrics: RelayMetrics,
+    *,
+    http_get: HttpGet = https_get,
+):
+    recent = RecentIds()
+
+    def refuse(status: int, reason: str, text: str) -> web.Response:
+        metrics.sns_rejected.labels(reason).inc()
+        log.warning("SNS message refused (%s): %s", reason, text)
+        return web.Response(status=status, text=f"{reason}\n")
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return refuse(413, "too_large", f"{request.content_length} bytes")
+        body = await request.content.read(MAX_BODY + 1)
+        if len(body) > MAX_BODY:
+            return refuse(413, "too_large", "body over the SNS size limit")
+        try:
+            message = json.loads(body)
+        except ValueError:
+            return refuse(400, "malformed", "body is not JSON")
+        header_type = request.headers.get("x-amz-sns-message-type")
+        if isinstance(message, dict) and header_type and header_type != message.get("Type"):
+            return refuse(400, "malformed", "x-amz-sns-message-type does not match Type")
+        try:
+            await verifier.verify(message)
+        except SnsVerificationError as exc:
+            return refuse(403, exc.reason, str(exc))
+
+        kind, message_id = message["Type"], message["MessageId"]
+        if message_id in recent:
+            return web.Response(text="duplicate\n")
+        if kind == "SubscriptionConfirmation":
+            try:
+                await http_get(message["SubscribeURL"])
+            except Exception as exc:  # noqa: BLE001 - any failure: let SNS send the confirmation again
+                log.error("could not confirm the SNS subscription to %s: %s", message["TopicArn"], exc)
+                return web.Response(status=502, text="confirmation failed\n")
+            log.info("confirmed SNS subscription to %s", message["TopicArn"])
+        elif kind == "UnsubscribeConfirmation":
+            log.warning("SNS says the relay was unsubscribed from %s", message["TopicArn"])
+        else:
+            try:
+                event = parse_ses_notification(message["Message"])
+            except FeedbackFormatError as exc:
+                # Authentic but not SES feedback (e.g. a test message from the console): nothing to do.
+                log.warning("SNS notification on %s is not SES feedback: %s", message["TopicArn"], exc)
+                metrics.sns_rejected.labels("not_ses_feedback").inc()
+                recent.add(message_id)
+                return web.Response(text="ignored\n")
+            try:
+                await processor.apply(event, source="sns")
+            except StoreError as exc:
+                log.error("could not record SES feedback: %s", exc)
+                return web.Response(status=503, text="store unavailable\n")
+        recent.add(message_id)
+        return web.Response(text="ok\n")
+
+    return handle
