@@ -15,8 +15,9 @@ from aiohttp import web
 from relay.config import Config, parse_host_port
 from relay.dryrun import DryRunSender
 from relay.feedback.processor import FeedbackProcessor
-from relay.feedback.sns import HttpGet, https_get
+from relay.feedback.sns import HttpGet, SnsVerifier, https_get
 from relay.feedback.sqs import SqsPoller
+from relay.feedback.webhook import sns_handler
 from relay.metrics import RelayMetrics
 from relay.sending import Sender
 from relay.ses.client import SesSender, StartupError
@@ -161,8 +162,16 @@ class Relay:
             "DATA transactions waiting for the sender",
             lambda: self._smtp.handler.sends_in_flight if self._smtp else 0,
         )
+        sns = None
+        if self.config.feedback.sns.enabled:
+            verifier = SnsVerifier(
+                self.config.feedback.sns.topic_arns,
+                fetch_certificate=self._sns_http_get,
+                max_age=self.config.feedback.sns.max_age,
+            )
+            sns = sns_handler(verifier, self._feedback, self.metrics, http_get=self._sns_http_get)
         self._web = web.AppRunner(
-            build_app(self.metrics.registry, checks), access_log=None, handle_signals=False
+            build_app(self.metrics.registry, checks, sns), access_log=None, handle_signals=False
         )
         await self._web.setup()
         site = web.TCPSite(self._web, host, port, reuse_address=True)

@@ -165,8 +165,8 @@ class RunningRelay:
             self.thread.join(timeout=60)
 
 
-def start_relay(config: Config) -> RunningRelay:
-    relay = Relay(config)
+def start_relay(config: Config, **relay_kwargs: Any) -> RunningRelay:
+    relay = Relay(config, **relay_kwargs)
     loop = asyncio.new_event_loop()
     started = threading.Event()
     failure: list[BaseException] = []
@@ -228,8 +228,9 @@ def relay_factory(relay_config) -> Iterator:
     """`relay_factory(ses_endpoint, **overrides)` starts a relay; all are stopped after the test."""
     running: list[RunningRelay] = []
 
-    def start(ses_endpoint: str | None = None, **overrides: Any) -> RunningRelay:
-        handle = start_relay(relay_config(ses_endpoint, **overrides))
+    def start(ses_endpoint: str | None = None, relay_kwargs: dict[str, Any] | None = None,
+              **overrides: Any) -> RunningRelay:
+        handle = start_relay(relay_config(ses_endpoint, **overrides), **(relay_kwargs or {}))
         running.append(handle)
         return handle
 

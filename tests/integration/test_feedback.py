@@ -1,0 +1,182 @@
+"""The promise of the feedback loop: once SES reports a hard bounce or complaint, no further mail to
+that address leaves the relay, and nothing forged, altered, foreign or replayed changes the store."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import smtplib
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+
+from relay.smtp import replies
+from tests.fakes.sns_signer import TOPIC_ARN, FakeSns
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "ses"
+MESSAGE = b"From: alice@example.com\r\nTo: jane@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
+
+
+def bounce_for(address: str) -> dict:
+    event = json.loads((FIXTURES / "bounce_permanent_notification.json").read_text())
+    event["bounce"]["bouncedRecipients"] = [{"emailAddress": address, "action": "failed", "status": "5.1.1",
+                                             "diagnosticCode": "smtp; 550 5.1.1 user unknown"}]
+    return event
+
+
+def post_sns(relay, message: dict) -> tuple[int, str]:
+    request = urllib.request.Request(
+        relay.http_url + "/sns", data=json.dumps(message).encode(), method="POST",
+        headers={"Content-Type": "text/plain; charset=UTF-8", "x-amz-sns-message-type": message.get("Type", "")},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read().decode()
+
+
+def rcpt_reply(relay, address: str) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+        client.ehlo()
+        client.mail("alice@example.com")
+        reply = client.rcpt(address)
+        client.rset()
+        return reply
+
+
+def send(relay, recipients: list[str]) -> int:
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+        client.ehlo()
+        client.mail("alice@example.com")
+        for recipient in recipients:
+            assert client.rcpt(recipient)[0] == 250
+        return client.data(MESSAGE)[0]
+
+
+@pytest.fixture
+def fake_sns() -> FakeSns:
+    return FakeSns()
+
+
+@pytest.fixture
+def sns_relay(moto, relay_factory, fake_sns):
+    return relay_factory(moto.endpoint_url, relay_kwargs={"sns_http_get": fake_sns.http_get},
+                         feedback={"sns": {"enabled": True, "topic_arns": [TOPIC_ARN]}})
+
+
+def store_count(relay) -> int:
+    return relay.call(relay.store.count())
+
+
+def test_signed_bounce_via_sns_blocks_the_next_rcpt(sns_relay, fake_sns, moto):
+    assert send(sns_relay, ["jane@example.org", "bob@example.org"]) == 250
+    status, _ = post_sns(sns_relay, fake_sns.notification(bounce_for("jane@example.org")))
+    assert status == 200
+    code, reply = rcpt_reply(sns_relay, "Jane@Example.org")
+    assert code == 550 and reply.startswith(b"5.1.1")
+    assert rcpt_reply(sns_relay, "bob@example.org")[0] == 250
+    entry = sns_relay.call(sns_relay.store.get("jane@example.org"))
+    assert (entry.source, entry.reason.value) == ("sns", "BOUNCE")
+    assert sns_relay.metric("ses_relay_feedback_events_total",
+                            {"type": "Bounce", "subtype": "Permanent/General", "source": "sns"}) == 1
+
+
+def test_complaint_via_sns_suppresses_with_5_7_1(sns_relay, fake_sns):
+    event = json.loads((FIXTURES / "complaint_notification.json").read_text())
+    assert post_sns(sns_relay, fake_sns.notification(event, version="2"))[0] == 200
+    code, reply = rcpt_reply(sns_relay, "angry@example.org")
+    assert (code, reply.decode()) == (550, replies.SUPPRESSED_COMPLAINT.format(address="angry@example.org")[4:])
+
+
+def test_forged_altered_foreign_and_replayed_messages_change_nothing(sns_relay, fake_sns):
+    bounce = bounce_for("jane@example.org")
+    altered = fake_sns.notification(bounce_for("someone-else@example.org"))
+    altered["Message"] = json.dumps(bounce)  # signature was for another recipient
+    foreign = fake_sns.notification(bounce, topic_arn="arn:aws:sns:us-east-1:999999999999:other")
+    old = fake_sns.notification(bounce, timestamp=datetime.datetime.now(datetime.timezone.utc)
+                                - datetime.timedelta(days=1))
+    unsigned = {k: v for k, v in fake_sns.notification(bounce).items() if k != "Signature"}
+    bad_cert = fake_sns.notification(bounce)
+    bad_cert["SigningCertURL"] = "https://attacker.example/cert.pem"
+    expectations = [(altered, "bad_signature"), (foreign, "unknown_topic"), (old, "stale"),
+                    (unsigned, "malformed"), (bad_cert, "cert_url")]
+    for message, reason in expectations:
+        status, body = post_sns(sns_relay, message)
+        assert (status, body.strip()) == (403, reason)
+    assert post_sns(sns_relay, {"not": "sns"})[0] == 403
+    request_body_not_json = urllib.request.Request(sns_relay.http_url + "/sns", data=b"{{{", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as failure:
+        urllib.request.urlopen(request_body_not_json, timeout=10)
+    assert failure.value.code == 400
+    failure.value.close()
+    assert store_count(sns_relay) == 0
+    assert rcpt_reply(sns_relay, "jane@example.org")[0] == 250
+    assert sns_relay.metric("ses_relay_sns_messages_rejected_total", {"reason": "unknown_topic"}) == 1
+    # Nothing was fetched for the foreign topic or the attacker's certificate URL.
+    assert all("attacker" not in url for url in fake_sns.fetched)
+
+
+def test_duplicate_delivery_is_acknowledged_once(sns_relay, fake_sns):
+    message = fake_sns.notification(bounce_for("jane@example.org"))
+    assert post_sns(sns_relay, message) == (200, "ok\n")
+    assert post_sns(sns_relay, message) == (200, "duplicate\n")
+    assert sns_relay.metric("ses_relay_feedback_events_total",
+                            {"type": "Bounce", "subtype": "Permanent/General", "source": "sns"}) == 1
+
+
+def test_subscription_confirmation_fetches_subscribe_url(sns_relay, fake_sns):
+    message = fake_sns.subscription_confirmation()
+    assert post_sns(sns_relay, message)[0] == 200
+    assert message["SubscribeURL"] in fake_sns.fetched
+    foreign = fake_sns.subscription_confirmation(topic_arn="arn:aws:sns:us-east-1:999999999999:other")
+    fetched_before = list(fake_sns.fetched)
+    assert post_sns(sns_relay, foreign)[0] == 403
+    assert fake_sns.fetched == fetched_before  # no outbound request for a topic we do not serve
+
+
+def test_sns_route_is_absent_when_disabled(moto, relay_factory, fake_sns):
+    relay = relay_factory(moto.endpoint_url)
+    status, _ = post_sns(relay, fake_sns.notification(bounce_for("jane@example.org")))
+    assert status in (404, 405)
+
+
+def sqs_client(moto):
+    return boto3.client("sqs", region_name="us-east-1", endpoint_url=moto.endpoint_url,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def wait_until(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_bounce_via_sqs_blocks_the_next_rcpt_and_is_deleted(moto, relay_factory, fake_sns):
+    sqs = sqs_client(moto)
+    queue_url = sqs.create_queue(QueueName="ses-feedback", Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
+    relay = relay_factory(moto.endpoint_url, feedback={"sqs": {"queue_url": queue_url, "endpoint_url": moto.endpoint_url,
+                                                               "wait_time": 1}})
+    # As SNS delivers to SQS: the SNS envelope around the SES JSON.
+    envelope = fake_sns.notification(bounce_for("jane@example.org"))
+    sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(envelope))
+    # And a raw-delivery message, plus one that is not SES feedback at all.
+    sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(
+        json.loads((FIXTURES / "complaint_notification.json").read_text())))
+    sqs.send_message(QueueUrl=queue_url, MessageBody="this is not feedback")
+    assert wait_until(lambda: store_count(relay) == 2)
+    assert rcpt_reply(relay, "jane@example.org")[0] == 550
+    assert rcpt_reply(relay, "angry@example.org")[0] == 550
+    # Applied messages are deleted; the unparsable one stays for the dead-letter queue.
+    assert wait_until(lambda: relay.metric("ses_relay_sqs_errors_total", {"kind": "unparsable"}) >= 1)
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    remaining = int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+    assert remaining == 1
