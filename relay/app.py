@@ -18,6 +18,7 @@ from relay.feedback.processor import FeedbackProcessor
 from relay.feedback.sns import HttpGet, SnsVerifier, https_get
 from relay.feedback.sqs import SqsPoller
 from relay.feedback.webhook import sns_handler
+from relay.guard import ReputationGuard
 from relay.metrics import RelayMetrics
 from relay.sending import Sender
 from relay.ses.client import SesSender, StartupError
@@ -89,10 +90,19 @@ class Relay:
         config = self.config
         try:
             self._store = await open_store(config)
+            guard = ReputationGuard(
+                self.metrics,
+                enabled=config.guard.enabled,
+                window=config.guard.window,
+                min_sends=config.guard.min_sends,
+                max_bounce_rate=config.guard.max_bounce_rate,
+                max_complaint_rate=config.guard.max_complaint_rate,
+            )
             transient = config.feedback.transient_bounces
             self._feedback = FeedbackProcessor(
                 self._store,
                 self.metrics,
+                guard=guard,
                 transient_suppress_after=transient.suppress_after,
                 transient_window=transient.window,
             )
@@ -104,6 +114,7 @@ class Relay:
                 metrics=self.metrics,
                 max_recipients=config.smtp.max_recipients,
                 on_suppressed=config.suppression.on_suppressed,
+                guard=guard,
                 dry_run=config.ses.dry_run,
             )
             self._smtp = SmtpServer(

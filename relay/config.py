@@ -167,6 +167,14 @@ class FeedbackConfig(_Section):
     transient_bounces: TransientBounceConfig = TransientBounceConfig()
 
 
+class GuardConfig(_Section):
+    enabled: bool = False  # true: answer 451 4.3.2 to new mail while a rate is over its limit
+    window: float = Field(86400.0, gt=0)  # seconds of sends the rates are computed over
+    min_sends: int = Field(200, ge=1)  # no verdict on fewer recipients than this
+    max_bounce_rate: float = Field(0.05, gt=0, le=1)  # SES reviews accounts at 5%
+    max_complaint_rate: float = Field(0.001, gt=0, le=1)  # SES reviews accounts at 0.1%
+
+
 class HttpConfig(_Section):
     listen: str | None = "127.0.0.1:9025"  # null disables the HTTP side
 
@@ -189,6 +197,7 @@ class Config(_Section):
     delivery: DeliveryConfig = DeliveryConfig()
     suppression: SuppressionConfig = SuppressionConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+    guard: GuardConfig = GuardConfig()
     http: HttpConfig = HttpConfig()
     logging: LoggingConfig = LoggingConfig()
     state_dir: Path | None = None  # None: see default_state_dir()
@@ -201,6 +210,10 @@ class Config(_Section):
             raise ValueError("smtp.auth: SMTP AUTH is not available in this version")
         if self.smtp.tls.cert or self.smtp.tls.key or self.smtp.tls.implicit_listen:
             raise ValueError("smtp.tls: TLS is not available in this version")
+        if self.guard.enabled and not (self.feedback.sns.enabled or self.feedback.sqs.queue_url):
+            raise ValueError(
+                "guard.enabled needs feedback (feedback.sns or feedback.sqs): it learns bounces there"
+            )
         if self.feedback.sns.enabled and not self.http.listen:
             raise ValueError("feedback.sns.enabled needs http.listen (SNS posts to /sns)")
         return self

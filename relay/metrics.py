@@ -86,6 +86,9 @@ class RelayMetrics:
             "ses_relay_sqs_errors_total", "SQS polling problems, by kind", ["kind"], registry=r
         )
 
+        self.guard_refusals = Counter(
+            "ses_relay_guard_refusals_total", "MAIL FROM answered 451 by the reputation guard", registry=r)
+
     def register_gauge_callback(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A gauge computed at scrape time (store size, spool depth)."""
         self.registry.register(_CallbackCollector(name, documentation, read))

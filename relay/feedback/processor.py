@@ -11,6 +11,7 @@ import time
 from collections import defaultdict, deque
 
 from relay.feedback.events import FeedbackEvent
+from relay.guard import ReputationGuard
 from relay.metrics import RelayMetrics
 from relay.suppression.base import Reason, SuppressionEntry, SuppressionStore, address_key
 
@@ -23,12 +24,14 @@ class FeedbackProcessor:
         store: SuppressionStore,
         metrics: RelayMetrics,
         *,
+        guard: ReputationGuard | None = None,
         transient_suppress_after: int | None = None,
         transient_window: float = 86400.0,
         clock=time.time,
     ) -> None:
         self._store = store
         self._metrics = metrics
+        self._guard = guard
         self._transient_after = transient_suppress_after
         self._transient_window = transient_window
         self._transients: dict[str, deque[float]] = defaultdict(deque)
@@ -37,6 +40,11 @@ class FeedbackProcessor:
     async def apply(self, event: FeedbackEvent, *, source: str) -> int:
         """Record the event; returns how many suppression entries it wrote. StoreError propagates."""
         self._metrics.feedback_events.labels(event.metric_type, event.metric_subtype, source).inc()
+        if self._guard is not None and event.suppresses:
+            if event.type == "Complaint":
+                self._guard.record_complaints(len(event.recipients))
+            else:
+                self._guard.record_bounces(len(event.recipients))
         if event.suppresses:
             reason = Reason.COMPLAINT if event.type == "Complaint" else Reason.BOUNCE
             detail = f"{event.type} {event.subtype}" + (f": {event.detail}" if event.detail else "")

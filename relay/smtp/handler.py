@@ -14,6 +14,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from relay.guard import ReputationGuard
 from relay.message import MessageError, prepare
 from relay.metrics import RelayMetrics
 from relay.sending import OutgoingMessage, Sender, SendError
@@ -54,8 +55,10 @@ class RelayHandler:
         metrics: RelayMetrics,
         max_recipients: int,
         on_suppressed: str,
+        guard: ReputationGuard,
         dry_run: bool = False,
     ) -> None:
+        self._guard = guard
         self._sender = sender
         self._store = store
         self._metrics = metrics
@@ -70,6 +73,10 @@ class RelayHandler:
     ) -> str:
         if self.shutting_down:
             return replies.SHUTTING_DOWN
+        paused = self._guard.pause_reason()
+        if paused:
+            self._metrics.guard_refusals.inc()
+            return replies.GUARD_PAUSED.format(reason=paused)
         if address not in ("", NULL_SENDER):
             try:
                 check_address(address)
@@ -146,6 +153,7 @@ class RelayHandler:
                     list_management=prepared.list_management,
                 )
                 message_id = await self._send(outgoing, record)
+                self._guard.record_sent(len(recipients))
                 reply = self._ok_reply.format(message_id=message_id)
         except MessageError as exc:
             reply = exc.reply

@@ -180,3 +180,20 @@ def test_bounce_via_sqs_blocks_the_next_rcpt_and_is_deleted(moto, relay_factory,
     attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
     remaining = int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
     assert remaining == 1
+
+
+def test_reputation_guard_pauses_new_mail_after_bounces(moto, relay_factory, fake_sns):
+    relay = relay_factory(moto.endpoint_url, relay_kwargs={"sns_http_get": fake_sns.http_get},
+                          feedback={"sns": {"enabled": True, "topic_arns": [TOPIC_ARN]}},
+                          guard={"enabled": True, "min_sends": 2, "max_bounce_rate": 0.25})
+    assert send(relay, ["jane@example.org"]) == 250
+    assert send(relay, ["bob@example.org"]) == 250
+    assert post_sns(relay, fake_sns.notification(bounce_for("jane@example.org")))[0] == 200
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+        client.ehlo()
+        code, reply = client.mail("alice@example.com")
+    assert code == 451
+    assert reply.decode().startswith(replies.GUARD_PAUSED.split("(")[0][4:])
+    assert b"bounce rate 50.00%" in reply
+    assert relay.metric("ses_relay_guard_refusals_total") == 1
+    assert relay.metric("ses_relay_reputation_bounce_rate") == 0.5
