@@ -20,8 +20,8 @@ from relay.feedback.sqs import SqsPoller
 from relay.feedback.webhook import sns_handler
 from relay.guard import ReputationGuard
 from relay.metrics import RelayMetrics
-from relay.sending import Sender
-from relay.ses.client import SesSender, StartupError
+from relay.sending import Sender, StartupError
+from relay.ses.client import SesSender
 from relay.smtp.handler import RelayHandler
 from relay.smtp.server import SmtpServer
 from relay.suppression import create_store

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import email.policy
 import smtplib
 import sys
 import time
@@ -82,7 +83,7 @@ def cmd_send_test(args: argparse.Namespace) -> int:
             if not accepted:
                 client.rset()
                 return EXIT_FAILURE
-            code, reply = client.data(message.as_bytes())
+            code, reply = client.data(message.as_bytes(policy=email.policy.SMTP))  # CRLF line ends
             print(f"DATA: {code} {reply.decode(errors='replace')}")
             return EXIT_OK if code == 250 else EXIT_FAILURE
     except (TimeoutError, OSError, smtplib.SMTPException) as exc:

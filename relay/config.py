@@ -26,7 +26,8 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Numbers coerce to text so SES_RELAY_SES__CONFIGURATION_SET=2024 means the string "2024".
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
 def parse_host_port(value: str) -> tuple[str, int]:

@@ -13,7 +13,7 @@ import secrets
 import time
 from pathlib import Path
 
-from relay.sending import OutgoingMessage, TransientSendError
+from relay.sending import OutgoingMessage, StartupError, TransientSendError
 
 log = logging.getLogger("relay.dryrun")
 
@@ -23,7 +23,10 @@ class DryRunSender:
         self.directory = directory
 
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._prepare_dir)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._prepare_dir)
+        except OSError as exc:
+            raise StartupError(f"dry-run directory {self.directory}: {exc.strerror or exc}") from None
         log.warning("dry run: nothing is sent to Amazon SES; accepted mail is saved under %s", self.directory)
 
     def _prepare_dir(self) -> None:

@@ -49,6 +49,10 @@ class PermanentSendError(SendError):
     """Retrying cannot help; the client should bounce (5xx)."""
 
 
+class StartupError(Exception):
+    """A part cannot start (bad credentials config, unusable directory, port in use); one-line reason."""
+
+
 class Sender(Protocol):
     async def start(self) -> None: ...
 

@@ -24,7 +24,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 from relay.metrics import RelayMetrics
-from relay.sending import OutgoingMessage, SendError
+from relay.sending import OutgoingMessage, SendError, StartupError
 from relay.ses import errors
 from relay.ses.rate import RateLimiter, Unlimited
 
@@ -38,10 +38,6 @@ CREDENTIALS_HELP = (
     "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
     "or run with an instance/task role; mail is answered 451 until then (or use --dry-run to try without AWS)"
 )
-
-
-class StartupError(Exception):
-    """Cannot start sending at all (e.g. a named AWS profile does not exist); one-line reason."""
 
 
 def build_request_body(

@@ -27,7 +27,7 @@ _CONFIRMATION_KEYS = ["Message", "MessageId", "SubscribeURL", "Timestamp", "Toke
 
 def _self_signed(key: rsa.RSAPrivateKey, common_name: str) -> bytes:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -64,7 +64,7 @@ class FakeSns:
 
     def notification(self, ses_event: dict[str, Any] | str, *, topic_arn: str = TOPIC_ARN, version: str = "1",
                      timestamp: datetime.datetime | None = None, subject: str | None = None) -> dict[str, Any]:
-        when = timestamp or datetime.datetime.now(datetime.timezone.utc)
+        when = timestamp or datetime.datetime.now(datetime.UTC)
         message = {
             "Type": "Notification",
             "MessageId": str(uuid.uuid4()),
@@ -79,7 +79,7 @@ class FakeSns:
 
     def subscription_confirmation(self, *, topic_arn: str = TOPIC_ARN, subscribe_url: str | None = None) -> dict[str, Any]:
         token = uuid.uuid4().hex
-        when = datetime.datetime.now(datetime.timezone.utc)
+        when = datetime.datetime.now(datetime.UTC)
         message = {
             "Type": "SubscriptionConfirmation",
             "MessageId": str(uuid.uuid4()),

@@ -85,9 +85,9 @@ def test_bad_certificate_urls_are_refused_before_fetching(sns, url):
 
 
 def test_replayed_old_message_is_refused(sns):
-    old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=2)
+    old = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=2)
     assert reason_of(sns, sns.notification("x", timestamp=old)) == "stale"
-    future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    future = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
     assert reason_of(sns, sns.notification("x", timestamp=future)) == "stale"
 
 

@@ -1,0 +1,576 @@
+"""The real `ses-relay` command line, run as a subprocess: check-config, serve, send-test, suppression.
+
+`python -m relay` is the console script's entry point (`relay.cli:main`) without depending on PATH.
+Every process is stopped in a `finally`; waits are generous and no test asserts a duration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import free_port, require_tool
+from tests.fakes.fake_ses import FakeSES
+
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+CLI_TIMEOUT = 60.0
+MESSAGE = b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: cli test\r\n\r\nHello.\r\n"
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def relay_env(tmp_path: Path, *, aws: bool = True, **extra: str) -> dict[str, str]:
+    """os.environ (fake AWS credentials from the autouse fixture) + a private state directory."""
+    env = dict(os.environ)
+    if not aws:
+        env = {key: value for key, value in env.items() if not key.startswith("AWS_")}
+    env["SES_RELAY_STATE_DIR"] = str(tmp_path / "state")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("PYTHONWARNINGS", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def write_config(tmp_path: Path, data: dict[str, Any], name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def serve_config(smtp_port: int, http_port: int, endpoint_url: str | None, **sections: dict) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "smtp": {"listen": [f"127.0.0.1:{smtp_port}"], "hostname": "relay.test"},
+        "http": {"listen": f"127.0.0.1:{http_port}"},
+        "ses": {"endpoint_url": endpoint_url, "region": "us-east-1", "max_send_rate": None,
+                "connect_timeout": 2, "request_timeout": 10},
+        "logging": {"format": "json", "level": "info"},
+    }
+    for section, values in sections.items():
+        data[section] = {**data.get(section, {}), **values}
+    return data
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        try:
+            return error.code, error.read().decode()
+        finally:
+            error.close()
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen
+    stderr_path: Path
+    smtp_port: int
+    http_port: int
+    _files: list = field(default_factory=list)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def smtp(self) -> str:
+        return f"127.0.0.1:{self.smtp_port}"
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """Every stderr line, parsed: the test fails on any line that is not JSON."""
+        entries = []
+        for line in self.stderr().splitlines():
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                pytest.fail(f"stderr line is not JSON: {line!r}\n--- stderr ---\n{self.stderr()}")
+        return entries
+
+    def wait_for_log(self, predicate, timeout: float = STARTUP_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.stderr().splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if predicate(entry):
+                    return
+            time.sleep(0.05)
+        pytest.fail(f"log line never appeared\n--- stderr ---\n{self.stderr()}")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"serve exited with {self.process.returncode}\n--- stderr ---\n{self.stderr()}")
+            if port_open(self.http_port) and port_open(self.smtp_port):
+                return
+            time.sleep(0.05)
+        pytest.fail(f"serve did not listen within {STARTUP_TIMEOUT}s\n--- stderr ---\n{self.stderr()}")
+
+    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+
+@contextmanager
+def serving(tmp_path: Path, env: dict[str, str], config: dict[str, Any] | None, *extra_args: str,
+            wait: bool = True) -> Iterator[Served]:
+    args = [sys.executable, "-m", "relay", "serve", *extra_args]
+    smtp_port = http_port = 0
+    if config is not None:
+        args += ["--config", str(write_config(tmp_path, config, "serve.yaml"))]
+        smtp_port = int(config["smtp"]["listen"][0].rsplit(":", 1)[1])
+        http_port = int(config["http"]["listen"].rsplit(":", 1)[1]) if config["http"]["listen"] else 0
+    stderr_path = tmp_path / f"serve-{time.monotonic_ns()}.stderr"
+    stdout = open(tmp_path / "serve.stdout", "ab")  # closed in finally
+    stderr = open(stderr_path, "wb")
+    process = subprocess.Popen(args, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
+    served = Served(process, stderr_path, smtp_port, http_port)
+    try:
+        if wait:
+            served.wait_ready()
+        yield served
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        stdout.close()
+        stderr.close()
+
+
+def send_test(served: Served, env: dict[str, str], to: str = "bob@example.org") -> subprocess.CompletedProcess:
+    return run_cli(["send-test", "--from", "alice@example.com", "--to", to, "--smtp", served.smtp], env)
+
+
+def smtp_send(port: int, recipients: list[str], data: bytes = MESSAGE) -> tuple[int, bytes]:
+    client = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=60)
+    try:
+        client.ehlo()
+        code, reply = client.mail("alice@example.com")
+        assert code == 250, reply
+        for recipient in recipients:
+            code, reply = client.rcpt(recipient)
+            if code != 250:
+                return code, reply
+        return client.data(data)
+    finally:
+        client.close()
+
+
+def assert_one_line_error(result_stderr: str, *needles: str) -> None:
+    assert "Traceback" not in result_stderr, result_stderr
+    lines = [line for line in result_stderr.splitlines() if line.strip()]
+    assert lines, "nothing on stderr"
+    last = lines[-1]
+    assert last.startswith("ses-relay: error:"), result_stderr
+    for needle in needles:
+        assert needle in last, result_stderr
+
+
+def wait_exit(process: subprocess.Popen, timeout: float = STARTUP_TIMEOUT) -> int:
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail("serve kept running although it could not start")
+
+
+# -- check-config --------------------------------------------------------------------------------
+
+
+def test_check_config_good_file_exits_0(tmp_path):
+    path = write_config(tmp_path, {"smtp": {"listen": ["127.0.0.1:2600"], "max_recipients": 10},
+                                   "ses": {"region": "eu-west-1"}})
+    result = run_cli(["check-config", "--config", str(path)], relay_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "config OK" in result.stdout
+    assert "127.0.0.1:2600" in result.stdout
+    assert "eu-west-1" in result.stdout
+    assert str(tmp_path / "state" / "suppression.db") in result.stdout
+    assert result.stderr == ""
+
+
+def test_check_config_without_a_file_uses_defaults(tmp_path):
+    result = run_cli(["check-config"], relay_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "127.0.0.1:2525" in result.stdout
+
+
+def test_check_config_unknown_key_exits_2_naming_the_key(tmp_path):
+    path = write_config(tmp_path, {"smtp": {"lisen": ["127.0.0.1:2600"]}})
+    result = run_cli(["check-config", "--config", str(path)], relay_env(tmp_path))
+    assert result.returncode == 2
+    assert "smtp.lisen" in result.stderr and "unknown key" in result.stderr
+    assert str(path) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config_missing_file_exits_2(tmp_path):
+    path = tmp_path / "nope.yaml"
+    result = run_cli(["check-config", "--config", str(path)], relay_env(tmp_path))
+    assert result.returncode == 2
+    assert str(path) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_bad_environment_override_exits_2(tmp_path):
+    result = run_cli(["check-config"], relay_env(tmp_path, SES_RELAY_SMTP__MAX_RECIPIENTS="abc"))
+    assert result.returncode == 2
+    assert "smtp.max_recipients" in result.stderr
+    assert "environment" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_with_a_bad_config_exits_2_without_binding(tmp_path):
+    port = free_port()
+    path = write_config(tmp_path, {"smtp": {"listen": [f"127.0.0.1:{port}"], "max_recipients": "many"}})
+    result = run_cli(["serve", "--config", str(path)], relay_env(tmp_path))
+    assert result.returncode == 2
+    assert "smtp.max_recipients" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- serve against moto --------------------------------------------------------------------------
+
+
+def serve_send_and_scrape(tmp_path: Path, moto) -> tuple[str, list[dict[str, Any]], int]:
+    env = relay_env(tmp_path)
+    config = serve_config(free_port(), free_port(), moto.endpoint_url)
+    with serving(tmp_path, env, config) as served:
+        result = send_test(served, env)
+        assert result.returncode == 0, (result.stdout, result.stderr)
+        assert any(line.startswith("DATA: 250") for line in result.stdout.splitlines()), result.stdout
+        (stored,) = moto.raw_messages()
+        assert "bob@example.org" in stored["destinations"]
+        assert stored["id"] in result.stdout  # the 250 reply carries SES's message id
+        assert http_get(served.http_url + "/healthz") == (200, "ok\n")
+        status, body = http_get(served.http_url + "/readyz")
+        assert status == 200, body
+        assert json.loads(body)["ready"] is True
+        status, metrics = http_get(served.http_url + "/metrics")
+        assert status == 200
+        code = served.terminate()
+        logs = served.log_lines()
+    return metrics, logs, code
+
+
+def test_serve_sends_through_moto_and_stops_cleanly_on_sigterm(tmp_path, moto):
+    metrics, logs, code = serve_send_and_scrape(tmp_path, moto)
+    assert "ses_relay_messages_sent_total 1.0" in metrics
+    assert 'ses_relay_smtp_transactions_total{result="2xx"} 1.0' in metrics
+    assert code == 0
+    transactions = [entry for entry in logs if entry["msg"] == "transaction"]
+    assert len(transactions) == 1
+    assert transactions[0]["reply"] == "250"
+    assert transactions[0]["mail_from"] == "alice@example.com"
+    assert transactions[0]["recipients"] == 1
+    assert any(entry["msg"] == "stopped" for entry in logs)
+    assert logs[-1]["msg"] == "stopped"
+    for entry in logs:
+        assert {"ts", "level", "logger", "msg"} <= set(entry)
+
+
+def test_metrics_pass_promtool_check(tmp_path, moto):
+    promtool = require_tool("promtool")
+    metrics, _, _ = serve_send_and_scrape(tmp_path, moto)
+    result = subprocess.run([promtool, "check", "metrics"], input=metrics, capture_output=True, text=True,
+                            timeout=CLI_TIMEOUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sigterm_lets_the_transaction_in_flight_finish_and_refuses_new_connections(tmp_path):
+    with FakeSES(latency=2.0) as fake:
+        env = relay_env(tmp_path)
+        config = serve_config(free_port(), free_port(), fake.endpoint_url)
+        with serving(tmp_path, env, config) as served:
+            outcome: list[Any] = []
+
+            def client() -> None:
+                try:
+                    outcome.append(smtp_send(served.smtp_port, ["bob@example.org"]))
+                except BaseException as exc:  # reported by the test thread
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=client, daemon=True)
+            thread.start()
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while fake.received < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert fake.received >= 1, "the relay never called SES"
+            served.process.send_signal(signal.SIGTERM)
+            served.wait_for_log(lambda entry: entry["msg"].startswith("stopping"))
+            time.sleep(0.2)  # the listening socket is closed right after that line is written
+            try:
+                with socket.create_connection(("127.0.0.1", served.smtp_port), timeout=10) as sock:
+                    greeting = sock.recv(1024)
+                assert greeting.startswith(b"421") or greeting == b"", greeting
+            except ConnectionRefusedError:
+                pass
+            thread.join(timeout=60)
+            assert not thread.is_alive()
+            assert len(outcome) == 1
+            assert not isinstance(outcome[0], BaseException), outcome[0]
+            code, reply = outcome[0]
+            assert code == 250, reply
+            assert fake.message_ids and fake.message_ids[0] in reply.decode()
+            assert served.process.wait(timeout=STOP_TIMEOUT) == 0
+            logs = served.log_lines()
+            assert [entry["reply"] for entry in logs if entry["msg"] == "transaction"] == ["250"]
+            assert logs[-1]["msg"] == "stopped"
+
+
+# -- dry run and missing credentials -------------------------------------------------------------
+
+
+def test_dry_run_needs_no_credentials_and_saves_the_message(tmp_path):
+    env = relay_env(tmp_path, aws=False)
+    assert not any(key.startswith("AWS_") for key in env)
+    config = serve_config(free_port(), free_port(), None)
+    with serving(tmp_path, env, config, "--dry-run") as served:
+        status, body = http_get(served.http_url + "/readyz")
+        assert status == 200, body
+        result = send_test(served, env)
+        assert result.returncode == 0, (result.stdout, result.stderr)
+        data_lines = [line for line in result.stdout.splitlines() if line.startswith("DATA:")]
+        assert len(data_lines) == 1 and "250" in data_lines[0] and "dry run" in data_lines[0]
+        assert served.terminate() == 0
+        served.log_lines()
+    files = list((tmp_path / "state" / "dry-run").glob("*.eml"))
+    assert len(files) == 1, list((tmp_path / "state").rglob("*"))
+    assert files[0].stem in data_lines[0]  # the reply names the saved message
+    content = files[0].read_bytes()
+    lines = content.splitlines()
+    assert lines[0] == b"X-Relay-Mail-From: <alice@example.com>"
+    assert lines[1] == b"X-Relay-Rcpt-To: <bob@example.org>"
+    assert lines[2] == b"From: alice@example.com"  # then the original message, unchanged
+    assert b"Subject: ses-relay test message" in lines
+    assert any(line.startswith(b"Test message from ses-relay") for line in lines)
+    assert lines.index(b"") > lines.index(b"Subject: ses-relay test message")
+
+
+def dry_run_capture_of_send_test(tmp_path: Path) -> bytes:
+    env = relay_env(tmp_path, aws=False)
+    with serving(tmp_path, env, serve_config(free_port(), free_port(), None), "--dry-run") as served:
+        result = send_test(served, env)
+        assert result.returncode == 0, (result.stdout, result.stderr)
+        assert served.terminate() == 0
+    (saved,) = (tmp_path / "state" / "dry-run").glob("*.eml")
+    return saved.read_bytes()
+
+
+def test_send_test_sends_crlf_line_endings(tmp_path):
+    content = dry_run_capture_of_send_test(tmp_path)
+    assert content.count(b"\n") == content.count(b"\r\n"), content
+
+
+def test_serve_without_credentials_starts_explains_and_is_not_ready(tmp_path):
+    env = relay_env(
+        tmp_path,
+        aws=False,
+        AWS_CONFIG_FILE=str(tmp_path / "no-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-credentials"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    config = serve_config(free_port(), free_port(), f"http://127.0.0.1:{free_port()}")
+    with serving(tmp_path, env, config) as served:
+        status, body = http_get(served.http_url + "/readyz")
+        assert status == 503, body
+        assert json.loads(body)["ready"] is False
+        assert json.loads(body)["checks"]["sender"]["ok"] is False
+        assert served.terminate() == 0
+        logs = served.log_lines()
+    help_lines = [entry for entry in logs if "AWS_ACCESS_KEY_ID" in entry["msg"]]
+    assert len(help_lines) == 1, logs
+    assert "AWS_PROFILE" in help_lines[0]["msg"] and "--dry-run" in help_lines[0]["msg"]
+    assert help_lines[0]["level"] == "warning"
+
+
+# -- startup failures: one line, no traceback ----------------------------------------------------
+
+
+@pytest.mark.parametrize("taken", ["smtp", "http"])
+def test_port_in_use_fails_with_one_line(tmp_path, taken):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        busy = blocker.getsockname()[1]
+        smtp_port, http_port = (busy, free_port()) if taken == "smtp" else (free_port(), busy)
+        config = serve_config(smtp_port, http_port, "http://127.0.0.1:9")
+        with serving(tmp_path, relay_env(tmp_path), config, wait=False) as served:
+            code = wait_exit(served.process)
+            stderr = served.stderr()
+    assert code != 0
+    assert_one_line_error(stderr, f"127.0.0.1:{busy}", "HTTP" if taken == "http" else "SMTP")
+
+
+def test_suppression_path_that_is_a_directory_fails_with_one_line(tmp_path):
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    config = serve_config(free_port(), free_port(), "http://127.0.0.1:9", suppression={"path": str(directory)})
+    with serving(tmp_path, relay_env(tmp_path), config, wait=False) as served:
+        code = wait_exit(served.process)
+        stderr = served.stderr()
+    assert code != 0
+    assert_one_line_error(stderr, str(directory))
+    assert not port_open(served.smtp_port)
+
+
+def test_unknown_aws_profile_fails_with_one_line(tmp_path):
+    env = relay_env(tmp_path, AWS_PROFILE="nonexistent")
+    config = serve_config(free_port(), free_port(), "http://127.0.0.1:9")
+    with serving(tmp_path, env, config, wait=False) as served:
+        code = wait_exit(served.process)
+        stderr = served.stderr()
+    assert code != 0
+    assert_one_line_error(stderr, "nonexistent", "profile")
+
+
+def test_unusable_dry_run_directory_fails_with_one_line(tmp_path):
+    state = tmp_path / "state-is-a-file"
+    state.write_text("not a directory")
+    config = serve_config(free_port(), free_port(), None,
+                          suppression={"path": str(tmp_path / "suppression.db")})
+    env = relay_env(tmp_path, aws=False, SES_RELAY_STATE_DIR=str(state))
+    with serving(tmp_path, env, config, "--dry-run", wait=False) as served:
+        code = wait_exit(served.process)
+        stderr = served.stderr()
+    assert code != 0
+    assert_one_line_error(stderr, "dry-run")
+
+
+# -- suppression CLI -----------------------------------------------------------------------------
+
+
+def test_suppression_add_check_list_remove(tmp_path):
+    env = relay_env(tmp_path)
+    result = run_cli(["suppression", "add", "x@example.org", "--reason", "BOUNCE", "--detail", "5.1.1 no such user"], env)
+    assert result.returncode == 0, result.stderr
+    assert "x@example.org" in result.stdout
+    assert (tmp_path / "state" / "suppression.db").exists()
+
+    result = run_cli(["suppression", "check", "x@example.org"], env)
+    assert result.returncode == 0, result.stderr
+    assert "BOUNCE" in result.stdout
+    result = run_cli(["suppression", "check", "X@Example.ORG"], env)
+    assert result.returncode == 0, "lookups fold case"
+
+    result = run_cli(["suppression", "list"], env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    address, reason, stamp, source = lines[0].split("\t")
+    assert (address, reason, source) == ("x@example.org", "BOUNCE", "manual")
+    assert stamp.endswith("Z") and "T" in stamp
+    assert "1 suppressed" in result.stderr
+
+    result = run_cli(["suppression", "remove", "x@example.org"], env)
+    assert result.returncode == 0, result.stderr
+    result = run_cli(["suppression", "check", "x@example.org"], env)
+    assert result.returncode == 1
+    assert "not suppressed" in result.stdout
+    result = run_cli(["suppression", "remove", "x@example.org"], env)
+    assert result.returncode == 1
+    result = run_cli(["suppression", "list"], env)
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_suppression_cli_with_a_bad_reason_is_a_usage_error(tmp_path):
+    result = run_cli(["suppression", "add", "x@example.org", "--reason", "SPAM"], relay_env(tmp_path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_suppression_cli_with_memory_backend_explains(tmp_path):
+    path = write_config(tmp_path, {"suppression": {"backend": "memory"}})
+    result = run_cli(["suppression", "list", "--config", str(path)], relay_env(tmp_path))
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "memory")
+
+
+def test_suppression_added_by_the_cli_is_honoured_by_the_running_relay(tmp_path):
+    env = relay_env(tmp_path, aws=False)
+    config = serve_config(free_port(), free_port(), None)
+    with serving(tmp_path, env, config, "--dry-run") as served:
+        code, reply = smtp_send(served.smtp_port, ["x@example.org"])
+        assert code == 250, reply
+        result = run_cli(["suppression", "add", "x@example.org", "--reason", "BOUNCE"], env)
+        assert result.returncode == 0, result.stderr
+        code, reply = smtp_send(served.smtp_port, ["x@example.org"])
+        assert code == 550, reply
+        assert reply.decode().startswith("5.1.1")
+        result = run_cli(["suppression", "remove", "x@example.org"], env)
+        assert result.returncode == 0, result.stderr
+        code, reply = smtp_send(served.smtp_port, ["x@example.org"])
+        assert code == 250, reply
+        assert served.terminate() == 0
+        served.log_lines()
+
+
+def test_send_test_in_flight_during_shutdown_reports_success(tmp_path):
+    """The relay answers 250, then hangs up with 421 during shutdown: send-test's message was sent."""
+    with FakeSES(latency=2.0) as fake:
+        env = relay_env(tmp_path)
+        config = serve_config(free_port(), free_port(), fake.endpoint_url)
+        with serving(tmp_path, env, config) as served:
+            client = subprocess.Popen(
+                [sys.executable, "-m", "relay", "send-test", "--from", "alice@example.com",
+                 "--to", "bob@example.org", "--smtp", served.smtp],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            try:
+                deadline = time.monotonic() + STARTUP_TIMEOUT
+                while fake.received < 1 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert fake.received >= 1, "the relay never called SES"
+                served.process.send_signal(signal.SIGTERM)
+                stdout, stderr = client.communicate(timeout=CLI_TIMEOUT)
+            finally:
+                if client.poll() is None:
+                    client.kill()
+                    client.communicate(timeout=10)
+            assert served.process.wait(timeout=STOP_TIMEOUT) == 0
+    assert "DATA: 250" in stdout, (stdout, stderr)
+    assert client.returncode == 0, (stdout, stderr)
