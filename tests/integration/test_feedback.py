@@ -99,7 +99,7 @@ def test_forged_altered_foreign_and_replayed_messages_change_nothing(sns_relay, 
     altered = fake_sns.notification(bounce_for("someone-else@example.org"))
     altered["Message"] = json.dumps(bounce)  # signature was for another recipient
     foreign = fake_sns.notification(bounce, topic_arn="arn:aws:sns:us-east-1:999999999999:other")
-    old = fake_sns.notification(bounce, timestamp=datetime.datetime.now(datetime.timezone.utc)
+    old = fake_sns.notification(bounce, timestamp=datetime.datetime.now(datetime.UTC)
                                 - datetime.timedelta(days=1))
     unsigned = {k: v for k, v in fake_sns.notification(bounce).items() if k != "Signature"}
     bad_cert = fake_sns.notification(bounce)
