@@ -91,9 +91,12 @@ class SesSender:
         self._configuration_set = configuration_set
         self._tags = dict(tags)
         self._max_send_rate = max_send_rate
+        # Connect and read are bounded per socket operation; the whole call is bounded in _post once a
+        # pool slot is held, so waiting for a free connection is never mistaken for SES being down.
         self._timeout = aiohttp.ClientTimeout(
-            total=request_timeout + connect_timeout, sock_connect=connect_timeout, connect=connect_timeout
+            total=None, sock_connect=connect_timeout, sock_read=request_timeout
         )
+        self._call_time_limit = request_timeout + connect_timeout
         self._max_connections = max_connections
         self._metrics = metrics
         self._boto_session: boto3.Session | None = None
@@ -102,6 +105,7 @@ class SesSender:
         self._credentials_checked_at = 0.0
         self._credentials_lock = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
+        self._slots: asyncio.Semaphore | None = None
         self._limiter: RateLimiter | Unlimited = Unlimited()
         self.region = ""
         self.url = ""
@@ -117,6 +121,7 @@ class SesSender:
         connector = aiohttp.TCPConnector(
             limit=self._max_connections, keepalive_timeout=20, ttl_dns_cache=60, enable_cleanup_closed=True
         )
+        self._slots = asyncio.Semaphore(self._max_connections)
         self._http = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
@@ -259,11 +264,13 @@ class SesSender:
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> str:
         assert self._http is not None, "SesSender.start() was not called"
+        assert self._slots is not None
         try:
-            async with self._http.post(self.url, data=body, headers=headers) as response:
-                payload = await response.read()
-                status = response.status
-                response_headers = response.headers
+            async with self._slots, asyncio.timeout(self._call_time_limit):
+                async with self._http.post(self.url, data=body, headers=headers) as response:
+                    payload = await response.read()
+                    status = response.status
+                    response_headers = response.headers
         except aiohttp.ClientConnectorError as exc:
             raise errors.not_sent(f"cannot connect to {self._host}: {exc.os_error or exc}") from None
         except aiohttp.ConnectionTimeoutError:
@@ -280,9 +287,8 @@ class SesSender:
         if status == 200 and data.get("MessageId"):
             return str(data["MessageId"])
         if status == 200:
-            # Accepted, but we cannot tell the client an id: still a send, the reply says so.
-            log.warning("SES answered 200 without a MessageId")
-            return "unknown"
+            # Not SES (a proxy page, a wrong endpoint_url): we cannot tell whether anything was sent.
+            raise errors.outcome_unknown(f"HTTP 200 without a MessageId: {payload[:100]!r}")
         code = _error_code(response_headers, data)
         text = str(data.get("message") or data.get("Message") or payload[:200].decode("utf-8", "replace"))
         raise errors.classify_http_error(status, code, text)

@@ -19,5 +19,6 @@ MESSAGE_TOO_BIG = "552 5.3.4 Message too big for this relay (limit {limit} bytes
 SMTPUTF8_UNSUPPORTED = (
     "553 5.6.7 Non-ASCII addresses need SMTPUTF8, which this relay and Amazon SES do not support"
 )
+COMMAND_TOO_LONG = "500 5.5.2 Command line too long"
 LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 998 characters)"
 GUARD_PAUSED = "451 4.3.2 Relay paused to protect sender reputation ({reason}); try again later"

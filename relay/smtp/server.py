@@ -26,6 +26,7 @@ _REWRITES = {
     b"500 Error: strict ASCII mode": replies.SMTPUTF8_UNSUPPORTED.encode(),
     b"501 Error: SMTPUTF8 disabled": replies.SMTPUTF8_UNSUPPORTED.encode(),
     b"500 Line too long (see RFC5321 4.5.3.1.6)": replies.LINE_TOO_LONG.encode(),
+    b"500 Command line too long": replies.COMMAND_TOO_LONG.encode(),
 }
 
 

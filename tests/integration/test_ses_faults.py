@@ -1,0 +1,308 @@
+"""Every row of the SES error table, end to end: smtplib -> relay -> the fake SES with a scripted fault.
+
+Each fault must give the exact SMTP reply (code + enhanced code), the right metrics, and leave the
+relay able to send the next message over the same pool (a fault never poisons a pooled connection).
+"""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pytest
+
+from relay.ses import errors
+from relay.smtp import replies
+from tests.conftest import free_port
+from tests.fakes.fake_ses import SEND_EMAIL_PATH, FakeSES, Fault
+
+SENDER = "bounces@example.com"
+RECIPIENTS = ["bob@example.org", "carol@example.net"]
+MESSAGE = (
+    b"From: Alice <alice@example.com>\r\n"
+    b"To: Bob <bob@example.org>\r\n"
+    b"Subject: fault test\r\n"
+    b"Message-ID: <fault-1@example.com>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"\r\n"
+    b"Hello Bob.\r\n"
+)
+
+
+def send(port: int, data: bytes = MESSAGE, recipients: list[str] | None = None,
+         sender: str = SENDER) -> tuple[int, bytes]:
+    """One transaction over a fresh SMTP session; returns the DATA reply (code, text without code)."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30) as client:
+        client.ehlo()
+        code, reply = client.mail(sender)
+        assert code == 250, reply
+        for recipient in recipients or RECIPIENTS:
+            code, reply = client.rcpt(recipient)
+            assert code == 250, reply
+        return client.data(data)
+
+
+def text(reply_line: str) -> str:
+    """A reply constant as smtplib returns it: without the 3-digit code and its space."""
+    return reply_line[4:]
+
+
+@dataclass(frozen=True)
+class Row:
+    fault: Fault
+    code: int
+    reply: str  # the full expected reply line
+    metric_code: str  # ses_relay_ses_errors_total{code=...}
+
+
+def _rejected(constant: str, code: str) -> str:
+    return constant.format(detail=Fault.error(code).message)
+
+
+TABLE = {
+    "throttled-429": Row(Fault.error("TooManyRequestsException"), 451, errors.THROTTLED,
+                         "TooManyRequestsException"),
+    "daily-quota": Row(Fault.error("LimitExceededException"), 451, errors.THROTTLED, "LimitExceededException"),
+    "sending-paused": Row(Fault.error("SendingPausedException"), 451, errors.SENDING_PAUSED,
+                          "SendingPausedException"),
+    "internal-failure-500": Row(Fault.error("InternalFailure"), 451, errors.SES_UNAVAILABLE, "InternalFailure"),
+    "service-unavailable-503": Row(Fault.error("ServiceUnavailable"), 451, errors.SES_UNAVAILABLE,
+                                   "ServiceUnavailable"),
+    "bad-gateway-html-502": Row(Fault.http_status(502), 451, errors.SES_UNAVAILABLE, "http_5xx"),
+    "reset-after-send": Row(Fault.reset(), 451, errors.OUTCOME_UNKNOWN, "timeout_after_send"),
+    "access-denied": Row(Fault.error("AccessDeniedException"), 451,
+                         errors.OPERATOR_ERROR.format(detail="AccessDeniedException"), "AccessDeniedException"),
+    "unrecognized-client": Row(Fault.error("UnrecognizedClientException"), 451,
+                               errors.OPERATOR_ERROR.format(detail="UnrecognizedClientException"),
+                               "UnrecognizedClientException"),
+    "configuration-set-not-found": Row(Fault.error("NotFoundException"), 451,
+                                       errors.OPERATOR_ERROR.format(detail="NotFoundException"),
+                                       "NotFoundException"),
+    "message-rejected": Row(Fault.error("MessageRejected"), 554,
+                            _rejected(errors.REJECTED, "MessageRejected"), "MessageRejected"),
+    "mail-from-not-verified": Row(Fault.error("MailFromDomainNotVerifiedException"), 554,
+                                  _rejected(errors.BAD_CONTENT, "MailFromDomainNotVerifiedException"),
+                                  "MailFromDomainNotVerifiedException"),
+    "account-suspended": Row(Fault.error("AccountSuspendedException"), 554,
+                             _rejected(errors.ACCOUNT_SUSPENDED, "AccountSuspendedException"),
+                             "AccountSuspendedException"),
+}
+
+
+def assert_recovers(relay, fake: FakeSES, sent_before: int) -> None:
+    """The next message on the same relay is sent and answered with the fake's MessageId."""
+    code, reply = send(relay.smtp_port)
+    assert code == 250, reply
+    ids = fake.message_ids
+    assert len(ids) == sent_before + 1
+    assert reply.decode() == text(replies.OK_SENT.format(message_id=ids[-1]))
+    assert fake.requests[-1].raw_message == MESSAGE
+    assert relay.metric("ses_relay_smtp_transactions_total", {"result": "2xx"}) == 1
+
+
+@pytest.mark.parametrize("row", TABLE.values(), ids=TABLE.keys())
+def test_ses_fault_gives_exact_smtp_reply_and_relay_recovers(fake_ses, relay_factory, row: Row):
+    relay = relay_factory(fake_ses.endpoint_url)
+    fake_ses.queue(row.fault)
+
+    code, reply = send(relay.smtp_port)
+
+    assert row.reply[:3] == str(row.code)
+    assert (code, reply.decode()) == (row.code, text(row.reply))
+    # The request reached the fake, which answered with the fault: nothing was sent.
+    (request,) = fake_ses.requests
+    assert request.outcome == row.fault.outcome
+    assert request.message_id is None
+    assert fake_ses.message_ids == []
+    assert fake_ses.sent == 0
+    assert relay.metric("ses_relay_ses_errors_total", {"code": row.metric_code}) == 1
+    result = f"{row.code // 100}xx"
+    assert relay.metric("ses_relay_smtp_transactions_total", {"result": result}) == 1
+    assert relay.metric("ses_relay_messages_sent_total") == 0
+
+    assert_recovers(relay, fake_ses, sent_before=0)
+
+
+def test_message_rejected_reply_carries_ses_text(fake_ses, relay_factory):
+    relay = relay_factory(fake_ses.endpoint_url)
+    fake_ses.queue(Fault.error("MessageRejected", "Email address is not verified: bob@example.org"))
+    code, reply = send(relay.smtp_port)
+    assert (code, reply.decode()) == (
+        554, text(errors.REJECTED.format(detail="Email address is not verified: bob@example.org")))
+    assert fake_ses.message_ids == []
+
+
+def test_connection_refused_is_not_sent_and_says_so(relay_factory):
+    relay = relay_factory(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    code, reply = send(relay.smtp_port)
+    assert (code, reply.decode()) == (451, text(errors.SES_UNAVAILABLE))
+    assert relay.metric("ses_relay_ses_errors_total", {"code": "connection_error"}) == 1
+    assert relay.metric("ses_relay_smtp_transactions_total", {"result": "4xx"}) == 1
+    # Still answering the next client the same way (no wedged state).
+    code, reply = send(relay.smtp_port)
+    assert (code, reply.decode()) == (451, text(errors.SES_UNAVAILABLE))
+    assert relay.metric("ses_relay_smtp_transactions_total", {"result": "4xx"}) == 2
+
+
+def test_hanging_ses_times_out_as_outcome_unknown_and_relay_recovers(fake_ses, relay_factory):
+    relay = relay_factory(fake_ses.endpoint_url, ses={"request_timeout": 1, "connect_timeout": 1})
+    fake_ses.queue(Fault.hang())
+    code, reply = send(relay.smtp_port)
+    assert (code, reply.decode()) == (451, text(errors.OUTCOME_UNKNOWN))
+    (request,) = fake_ses.requests
+    assert request.outcome == "hang"
+    assert fake_ses.message_ids == []
+    assert relay.metric("ses_relay_ses_errors_total", {"code": "timeout_after_send"}) == 1
+    assert relay.metric("ses_relay_smtp_transactions_total", {"result": "4xx"}) == 1
+    assert_recovers(relay, fake_ses, sent_before=0)
+
+
+def test_faults_on_a_warm_keepalive_pool_then_success(fake_ses, relay_factory):
+    """A send warms the keep-alive pool; faults (resets included) hit pooled connections; then a send."""
+    relay = relay_factory(fake_ses.endpoint_url)
+    code, _ = send(relay.smtp_port)
+    assert code == 250
+    faults = [Fault.reset(), Fault.error("InternalFailure"), Fault.http_status(502), Fault.reset(),
+              Fault.error("TooManyRequestsException")]
+    fake_ses.queue(*faults)
+    for fault in faults:
+        code, _ = send(relay.smtp_port)
+        assert code == 451, fault
+    assert [r.outcome for r in fake_ses.requests] == ["ok"] + [f.outcome for f in faults]
+    assert relay.metric("ses_relay_smtp_transactions_total", {"result": "4xx"}) == len(faults)
+    code, reply = send(relay.smtp_port)
+    assert code == 250, reply
+    assert len(fake_ses.message_ids) == 2
+    assert reply.decode() == text(replies.OK_SENT.format(message_id=fake_ses.message_ids[-1]))
+    assert relay.metric("ses_relay_smtp_transactions_total", {"result": "2xx"}) == 2
+
+
+# -- what the fake received ---------------------------------------------------------------------
+
+
+def test_request_is_signed_sesv2_raw_send_with_envelope_recipients(fake_ses, relay_factory):
+    relay = relay_factory(fake_ses.endpoint_url)
+    code, reply = send(relay.smtp_port)
+    assert code == 250
+    (request,) = fake_ses.requests
+    assert reply.decode() == text(replies.OK_SENT.format(message_id=request.message_id))
+    assert request.method == "POST"
+    assert request.path == SEND_EMAIL_PATH
+    auth = request.headers["Authorization"]
+    assert auth.startswith("AWS4-HMAC-SHA256 Credential=testing/")
+    assert "/us-east-1/ses/aws4_request" in auth
+    body = request.body
+    assert body is not None
+    assert body["Destination"] == {"ToAddresses": RECIPIENTS}
+    assert "FromEmailAddress" not in body
+    assert "ConfigurationSetName" not in body
+    assert "EmailTags" not in body
+    assert base64.b64decode(body["Content"]["Raw"]["Data"]) == MESSAGE
+    assert request.raw_message == MESSAGE
+
+
+def test_configured_configuration_set_and_tags_are_sent(fake_ses, relay_factory):
+    relay = relay_factory(fake_ses.endpoint_url, ses={"configuration_set": "cs1", "tags": {"env": "test"}})
+    code, _ = send(relay.smtp_port)
+    assert code == 250
+    (request,) = fake_ses.requests
+    assert request.body["ConfigurationSetName"] == "cs1"
+    assert request.body["EmailTags"] == [{"Name": "env", "Value": "test"}]
+    assert request.raw_message == MESSAGE
+
+
+def test_message_headers_override_configuration_set_and_merge_tags(fake_ses, relay_factory):
+    relay = relay_factory(fake_ses.endpoint_url, ses={"configuration_set": "cs1", "tags": {"env": "test"}})
+    control = b"X-SES-CONFIGURATION-SET: cs2\r\nX-SES-MESSAGE-TAGS: campaign=welcome, team=growth\r\n"
+    code, _ = send(relay.smtp_port, control + MESSAGE)
+    assert code == 250
+    (request,) = fake_ses.requests
+    assert request.body["ConfigurationSetName"] == "cs2"
+    tags = {t["Name"]: t["Value"] for t in request.body["EmailTags"]}
+    assert tags == {"env": "test", "campaign": "welcome", "team": "growth"}
+    assert len(request.body["EmailTags"]) == 3
+    # The control headers are stripped; every other byte is as the client sent it.
+    assert request.raw_message == MESSAGE
+    assert b"X-SES-" not in request.raw_message
+
+
+def test_message_tag_overrides_configured_tag_of_same_name(fake_ses, relay_factory):
+    relay = relay_factory(fake_ses.endpoint_url, ses={"tags": {"env": "test"}})
+    code, _ = send(relay.smtp_port, b"X-SES-MESSAGE-TAGS: env=prod\r\n" + MESSAGE)
+    assert code == 250
+    (request,) = fake_ses.requests
+    assert request.body["EmailTags"] == [{"Name": "env", "Value": "prod"}]
+
+
+# -- load and rate ------------------------------------------------------------------------------
+
+CONCURRENT = 120
+
+
+def test_more_than_100_sends_in_flight_at_once(relay_factory):
+    with FakeSES(latency=0.5) as fake:
+        relay = relay_factory(fake.endpoint_url, smtp={"max_connections": CONCURRENT + 10})
+        at_data = threading.Barrier(CONCURRENT, timeout=60)
+        peak = 0.0
+
+        def one(index: int) -> tuple[int, bytes]:
+            with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=60) as client:
+                client.ehlo()
+                assert client.mail(SENDER)[0] == 250
+                assert client.rcpt(f"user{index}@example.org")[0] == 250
+                at_data.wait()  # all sessions reach DATA together, so the sends overlap
+                return client.data(MESSAGE)
+
+        with ThreadPoolExecutor(max_workers=CONCURRENT) as pool:
+            futures = [pool.submit(one, index) for index in range(CONCURRENT)]
+            while not all(f.done() for f in futures):
+                peak = max(peak, relay.metric("ses_relay_ses_requests_in_flight"))
+                time.sleep(0.005)
+            results = [f.result() for f in futures]
+
+        assert [code for code, _ in results] == [250] * CONCURRENT
+        assert len(fake.message_ids) == CONCURRENT
+        assert sorted(r.destinations[0] for r in fake.requests) == sorted(
+            f"user{index}@example.org" for index in range(CONCURRENT))
+        assert {reply.decode() for _, reply in results} == {
+            text(replies.OK_SENT.format(message_id=m)) for m in fake.message_ids}
+        assert peak >= 100, f"at most {peak} SendEmail calls were in flight at once"
+        assert relay.metric("ses_relay_messages_sent_total") == CONCURRENT
+
+
+def test_local_rate_limit_makes_sends_wait_instead_of_failing(fake_ses, relay_factory):
+    relay = relay_factory(fake_ses.endpoint_url, ses={"max_send_rate": 5})
+    for _ in range(10):
+        code, reply = send(relay.smtp_port)
+        assert code == 250, reply
+    assert len(fake_ses.message_ids) == 10
+    assert all(r.outcome == "ok" for r in fake_ses.requests)
+    assert relay.metric("ses_relay_rate_limiter_wait_seconds_count") > 0
+    assert relay.metric("ses_relay_ses_errors_total", {"code": "TooManyRequestsException"}) == 0
+
+
+def test_send_waiting_for_a_pool_slot_is_not_reported_as_ses_unavailable(relay_factory):
+    with FakeSES(latency=1.2) as fake:
+        relay = relay_factory(fake.endpoint_url,
+                              ses={"max_connections": 2, "connect_timeout": 0.5, "request_timeout": 5})
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(lambda _: send(relay.smtp_port), range(4)))
+        assert relay.metric("ses_relay_ses_errors_total", {"code": "connection_error"}) == 0
+        assert [code for code, _ in results] == [250] * 4
+        assert len(fake.message_ids) == 4
+
+
+def test_http_200_without_message_id_is_not_reported_as_sent(fake_ses, relay_factory):
+    """A proxy page or wrong endpoint answering 200: we cannot know what happened, so no 250."""
+    relay = relay_factory(fake_ses.endpoint_url)
+    fake_ses.queue(Fault.http_status(200, body=b"<html>welcome</html>", content_type="text/html"))
+    code, reply = send(relay.smtp_port)
+    assert (code, reply.decode()) == (451, text(errors.OUTCOME_UNKNOWN))
+    assert relay.metric("ses_relay_messages_sent_total") == 0
+    assert relay.metric("ses_relay_ses_errors_total", {"code": "timeout_after_send"}) == 1
+    assert_recovers(relay, fake_ses, sent_before=0)
