@@ -29,6 +29,7 @@ from relay.suppression.base import StoreError, SuppressionStore
 from relay.web import build_app
 
 log = logging.getLogger("relay")
+STORE_SIZE_INTERVAL = 60.0
 
 __all__ = ["Relay", "StartupError", "build_sender", "open_store"]
 
@@ -85,6 +86,13 @@ class Relay:
         self._smtp: SmtpServer | None = None
         self._web: web.AppRunner | None = None
         self._listening = False
+        self._store_size = 0.0
+        self._store_size_task: asyncio.Task | None = None
+        self.metrics.register_gauge_callback(
+            "ses_relay_suppression_entries",
+            "Entries in the suppression store (refreshed every minute)",
+            lambda: self._store_size,
+        )
 
     async def start(self) -> None:
         config = self.config
@@ -150,6 +158,7 @@ class Relay:
             await self.stop()
             raise
         self._listening = True
+        self._store_size_task = asyncio.create_task(self._refresh_store_size(), name="store-size")
         log.info(
             "ses-relay listening",
             extra={
@@ -197,7 +206,19 @@ class Relay:
         """Safe from a signal handler: only sets a flag."""
         self._stop_requested.set()
 
+    async def _refresh_store_size(self) -> None:
+        """Counting a large table is not free: do it in the background, scrapes read the last value."""
+        while self._store is not None:
+            try:
+                self._store_size = float(await self._store.count())
+            except Exception as exc:  # noqa: BLE001 - a metric must never take the relay down
+                log.warning("could not count the suppression store: %s", exc)
+            await asyncio.sleep(STORE_SIZE_INTERVAL)
+
     async def stop(self) -> None:
+        if self._store_size_task is not None:
+            self._store_size_task.cancel()
+            self._store_size_task = None
         self._listening = False
         if self._smtp is not None:
             self._smtp.stop_accepting()

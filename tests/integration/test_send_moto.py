@@ -160,3 +160,30 @@ def test_no_credentials_answers_451_and_readyz_says_not_ready(moto, relay_factor
                        b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: x\r\n\r\nx\r\n")
     assert (code, reply.decode()) == (451, errors.NO_CREDENTIALS[4:])
     assert moto.raw_messages() == []
+
+
+def test_store_size_gauge_counts_existing_entries(moto, relay_config, tmp_path):
+    import asyncio
+    import time
+
+    from relay.suppression.base import Reason, SuppressionEntry
+    from relay.suppression.sqlite import SqliteStore
+    from tests.conftest import start_relay
+
+    config = relay_config(moto.endpoint_url)
+
+    async def fill():
+        store = SqliteStore(config.suppression_path)
+        await store.open()
+        await store.put_many(SuppressionEntry(f"u{i}@example.org", Reason.BOUNCE) for i in range(7))
+        await store.close()
+
+    asyncio.run(fill())
+    relay = start_relay(config)
+    try:
+        deadline = time.monotonic() + 10
+        while relay.metric("ses_relay_suppression_entries") != 7 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert relay.metric("ses_relay_suppression_entries") == 7
+    finally:
+        relay.stop()
