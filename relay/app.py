@@ -31,7 +31,7 @@ from relay.web import build_app
 log = logging.getLogger("relay")
 STORE_SIZE_INTERVAL = 60.0
 
-__all__ = ["Relay", "StartupError", "build_sender", "open_store"]
+__all__ = ["Relay", "StartupError", "build_sender", "build_store", "open_store"]
 
 
 def build_sender(config: Config, metrics: RelayMetrics) -> Sender:
@@ -51,9 +51,20 @@ def build_sender(config: Config, metrics: RelayMetrics) -> Sender:
     )
 
 
+def build_store(config: Config) -> SuppressionStore:
+    """The configured store, not yet opened."""
+    settings = config.suppression
+    return create_store(
+        settings.backend,
+        path=config.suppression_path if settings.backend == "sqlite" else None,
+        dynamodb_table=settings.dynamodb.table,
+        dynamodb_region=settings.dynamodb.region or config.ses.region,
+        dynamodb_endpoint_url=settings.dynamodb.endpoint_url,
+    )
+
+
 async def open_store(config: Config) -> SuppressionStore:
-    path = config.suppression_path if config.suppression.backend == "sqlite" else None
-    store = create_store(config.suppression.backend, path=path)
+    store = build_store(config)
     try:
         await store.open()
     except StoreError as exc:

@@ -51,7 +51,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     mode = "dry-run" if config.ses.dry_run else config.delivery.mode
     print(f"config OK: {source}")
     print(f"  smtp {', '.join(config.smtp.listen)}  http {config.http.listen}  mode {mode}")
-    print(f"  suppression {config.suppression.backend} {config.suppression_path}")
+    where = (
+        config.suppression.dynamodb.table
+        if config.suppression.backend == "dynamodb"
+        else config.suppression_path
+    )
+    print(f"  suppression {config.suppression.backend} {where}")
     print(
         f"  ses region {config.ses.region or '(boto3 chain)'} endpoint {config.ses.endpoint_url or '(AWS)'}"
     )
@@ -106,6 +111,8 @@ def cmd_suppression(args: argparse.Namespace) -> int:
     from relay.app import StartupError
 
     config = _load(args)
+    if args.suppression_command == "create-table":
+        return _create_table(config)
 
     async def add(store):
         await store.put(
@@ -146,6 +153,22 @@ def cmd_suppression(args: argparse.Namespace) -> int:
         return asyncio.run(_with_store(config, action))
     except (StoreError, StartupError) as exc:
         return _fail(str(exc))
+
+
+def _create_table(config: Config) -> int:
+    from relay.app import build_store
+
+    if config.suppression.backend != "dynamodb":
+        return _fail("suppression create-table: suppression.backend is not 'dynamodb'")
+    store = build_store(config)
+    try:
+        created = asyncio.run(store.create_table())
+    except StoreError as exc:
+        return _fail(str(exc))
+    print(
+        f"created DynamoDB table {store.table}" if created else f"DynamoDB table {store.table} already exists"
+    )
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         with_config(actions.add_parser(name, help=text)).add_argument("address")
     with_config(actions.add_parser("list", help="print every entry (tab-separated)"))
+    with_config(actions.add_parser("create-table", help="create the DynamoDB suppression table if missing"))
     suppression.set_defaults(func=cmd_suppression)
     return parser
 

@@ -124,10 +124,17 @@ class DeliveryConfig(_Section):
     spool_dir: Path | None = None
 
 
+class DynamoDbSuppressionConfig(_Section):
+    table: str | None = None
+    region: str | None = None  # None: ses.region, then the boto3 chain
+    endpoint_url: str | None = None  # for tests and emulators (not inherited from ses.endpoint_url)
+
+
 class SuppressionConfig(_Section):
-    backend: Literal["sqlite", "memory"] = "sqlite"
+    backend: Literal["sqlite", "memory", "dynamodb"] = "sqlite"
     path: Path | None = None
     on_suppressed: Literal["reject", "drop"] = "reject"
+    dynamodb: DynamoDbSuppressionConfig = DynamoDbSuppressionConfig()
 
 
 class SnsFeedbackConfig(_Section):
@@ -211,6 +218,8 @@ class Config(_Section):
             raise ValueError("smtp.auth: SMTP AUTH is not available in this version")
         if self.smtp.tls.cert or self.smtp.tls.key or self.smtp.tls.implicit_listen:
             raise ValueError("smtp.tls: TLS is not available in this version")
+        if self.suppression.backend == "dynamodb" and not self.suppression.dynamodb.table:
+            raise ValueError("suppression.dynamodb.table is required when suppression.backend is 'dynamodb'")
         if self.guard.enabled and not (self.feedback.sns.enabled or self.feedback.sqs.queue_url):
             raise ValueError(
                 "guard.enabled needs feedback (feedback.sns or feedback.sqs): it learns bounces there"

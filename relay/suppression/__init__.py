@@ -7,22 +7,38 @@ from pathlib import Path
 
 from relay.suppression.base import StoreError, SuppressionStore
 
-# backend name -> "module:Class"; a "dynamodb" backend comes later.
+# backend name -> "module:Class"
 BACKENDS: dict[str, str] = {
     "sqlite": "relay.suppression.sqlite:SqliteStore",
     "memory": "relay.suppression.memory:MemoryStore",
+    "dynamodb": "relay.suppression.dynamodb:DynamoDbStore",
 }
 
 
-def create_store(backend: str, *, path: Path | None) -> SuppressionStore:
-    """Build (but do not open) the store. Raises StoreError for an unknown backend or a missing path."""
+def create_store(
+    backend: str,
+    *,
+    path: Path | None = None,
+    dynamodb_table: str | None = None,
+    dynamodb_region: str | None = None,
+    dynamodb_endpoint_url: str | None = None,
+) -> SuppressionStore:
+    """Build (but do not open) the store.
+
+    Raises StoreError for an unknown backend, or when sqlite lacks a path or dynamodb a table.
+    The dynamodb_* options are ignored by the other backends.
+    """
     target = BACKENDS.get(backend)
     if target is None:
         raise StoreError(f"unknown suppression backend {backend!r}; known: {', '.join(sorted(BACKENDS))}")
+    if backend == "sqlite" and path is None:
+        raise StoreError("the sqlite suppression backend needs a path")
+    if backend == "dynamodb" and not dynamodb_table:
+        raise StoreError("the dynamodb suppression backend needs a table (suppression.dynamodb.table)")
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     if backend == "sqlite":
-        if path is None:
-            raise StoreError("the sqlite suppression backend needs a path")
         return cls(path)
+    if backend == "dynamodb":
+        return cls(dynamodb_table, region=dynamodb_region, endpoint_url=dynamodb_endpoint_url)
     return cls()

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -17,9 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.suppression import BACKENDS, create_store
+from relay.suppression import dynamodb as dynamodb_module
 from relay.suppression.base import Reason, StoreError, SuppressionEntry, SuppressionStore, address_key
+from relay.suppression.dynamodb import DynamoDbStore
 from relay.suppression.memory import MemoryStore
 from relay.suppression.sqlite import SqliteStore
+from tests.conftest import MotoServer, free_port
 
 T = TypeVar("T")
 
@@ -37,17 +41,34 @@ async def collect(store: SuppressionStore) -> list[SuppressionEntry]:
     return [entry async for entry in store.iter_entries()]
 
 
-def make(backend: str, path: Path) -> SuppressionStore:
-    return MemoryStore() if backend == "memory" else SqliteStore(path / "suppression.db")
+REGION = "us-east-1"
+TABLE = "ses-relay-suppression"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def make(backend: str, path: Path, endpoint_url: str | None = None, table: str = TABLE) -> SuppressionStore:
+    if backend == "memory":
+        return MemoryStore()
+    if backend == "dynamodb":
+        return DynamoDbStore(table, region=REGION, endpoint_url=endpoint_url)
+    return SqliteStore(path / "suppression.db")
+
+
+@pytest.fixture(params=["memory", "sqlite", "dynamodb"])
 def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], SuppressionStore]]:
-    """A factory of unopened stores; whatever it built is closed at teardown."""
+    """A factory of unopened stores (sharing one list); whatever it built is closed at teardown.
+
+    dynamodb runs on moto's server: reset, with a fresh table created per test.
+    """
     built: list[SuppressionStore] = []
+    endpoint_url: str | None = None
+    if request.param == "dynamodb":
+        moto_server: MotoServer = request.getfixturevalue("moto_server")
+        moto_server.reset()
+        endpoint_url = moto_server.endpoint_url
+        assert run(DynamoDbStore(TABLE, region=REGION, endpoint_url=endpoint_url).create_table()) is True
 
     def factory() -> SuppressionStore:
-        store = make(request.param, tmp_path)
+        store = make(request.param, tmp_path, endpoint_url)
         built.append(store)
         return store
 
@@ -227,8 +248,18 @@ def test_use_before_open_or_after_close_raises_store_error(new_store: Callable[[
 
 
 def test_create_store(tmp_path: Path) -> None:
-    assert set(BACKENDS) == {"sqlite", "memory"}
+    assert set(BACKENDS) == {"sqlite", "memory", "dynamodb"}
     assert isinstance(create_store("memory", path=None), MemoryStore)
+    d = create_store(
+        "dynamodb",
+        path=None,
+        dynamodb_table="t1",
+        dynamodb_region="eu-west-1",
+        dynamodb_endpoint_url="http://127.0.0.1:1",
+    )
+    assert isinstance(d, DynamoDbStore) and d.table == "t1" and d.healthy() is False
+    with pytest.raises(StoreError, match="needs a table"):
+        create_store("dynamodb", path=None)
     s = create_store("sqlite", path=tmp_path / "s.db")
     assert isinstance(s, SqliteStore) and s.path == tmp_path / "s.db"
     with pytest.raises(StoreError, match="needs a path"):
@@ -366,6 +397,226 @@ def test_sqlite_open_uncreatable_parent_fails(tmp_path: Path) -> None:
     assert str(target) in str(err.value) and "cannot create directory" in str(err.value)
 
 
+# --- dynamodb only (moto's server) ---------------------------------------------------------
+
+
+@pytest.fixture
+def moto_endpoint(moto_server: MotoServer) -> str:
+    moto_server.reset()
+    return moto_server.endpoint_url
+
+
+@pytest.fixture
+def ddb(moto_endpoint: str) -> Iterator[Callable[..., DynamoDbStore]]:
+    """Factory of unopened DynamoDbStores on moto (default table TABLE); all closed at teardown."""
+    built: list[DynamoDbStore] = []
+
+    def factory(table: str = TABLE, endpoint_url: str | None = moto_endpoint) -> DynamoDbStore:
+        store = DynamoDbStore(table, region=REGION, endpoint_url=endpoint_url)
+        built.append(store)
+        return store
+
+    yield factory
+    for store in built:
+        run(store.close())
+
+
+def assert_one_line_store_error(err: pytest.ExceptionInfo[StoreError], *needles: str) -> None:
+    text = str(err.value)
+    assert "\n" not in text
+    for needle in needles:
+        assert needle in text, text
+
+
+def test_dynamodb_open_missing_table_says_create_table(ddb: Callable[..., DynamoDbStore]) -> None:
+    s = ddb("no-such-table")
+    with pytest.raises(StoreError) as err:
+        run(s.open())
+    assert_one_line_store_error(err, "no-such-table", "does not exist", "ses-relay suppression create-table")
+    assert s.healthy() is False
+    with pytest.raises(StoreError, match="not open"):
+        run(s.get("bob@example.com"))
+
+
+def test_dynamodb_create_table_true_then_false(ddb: Callable[..., DynamoDbStore], moto_endpoint: str) -> None:
+    s = ddb()
+    assert run(s.create_table()) is True  # unopened store: what the CLI does
+    assert run(s.create_table()) is False
+    run(s.open())
+    assert run(s.create_table()) is False  # also fine on an open store
+    assert s.healthy() is True
+    import boto3
+
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=moto_endpoint)
+    try:
+        table = client.describe_table(TableName=TABLE)["Table"]
+    finally:
+        client.close()
+    assert table["TableStatus"] == "ACTIVE"
+    assert table["KeySchema"] == [{"AttributeName": "key", "KeyType": "HASH"}]
+    assert table["AttributeDefinitions"] == [{"AttributeName": "key", "AttributeType": "S"}]
+    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+
+
+def test_dynamodb_item_layout_omits_none(ddb: Callable[..., DynamoDbStore], moto_endpoint: str) -> None:
+    s = ddb()
+    run(s.create_table())
+    run(s.open())
+    run(s.put(entry("Bob@Example.com", Reason.COMPLAINT, source="sns", created_at=12.5)))
+    import boto3
+
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=moto_endpoint)
+    try:
+        item = client.get_item(TableName=TABLE, Key={"key": {"S": "bob@example.com"}})["Item"]
+    finally:
+        client.close()
+    assert item == {
+        "key": {"S": "bob@example.com"},
+        "address": {"S": "Bob@Example.com"},
+        "reason": {"S": "COMPLAINT"},
+        "source": {"S": "sns"},
+        "created_at": {"N": "12.5"},
+    }
+
+
+def test_dynamodb_open_wrong_key_schema_fails(ddb: Callable[..., DynamoDbStore], moto_endpoint: str) -> None:
+    import boto3
+
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=moto_endpoint)
+    try:
+        client.create_table(
+            TableName="other",
+            AttributeDefinitions=[{"AttributeName": "email", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "email", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    finally:
+        client.close()
+    with pytest.raises(StoreError) as err:
+        run(ddb("other").open())
+    assert_one_line_store_error(err, "'other'", "key schema")
+
+
+def test_dynamodb_open_without_credentials_fails(
+    ddb: Callable[..., DynamoDbStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    s = ddb()
+    with pytest.raises(StoreError) as err:
+        run(s.open())
+    assert_one_line_store_error(err, TABLE, "no AWS credentials")
+    assert s.healthy() is False
+
+
+def test_dynamodb_open_unreachable_endpoint_fails(
+    ddb: Callable[..., DynamoDbStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dynamodb_module, "MAX_ATTEMPTS", 1)  # skip botocore's retry backoff
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    s = ddb(endpoint_url=endpoint)
+    with pytest.raises(StoreError) as err:
+        run(s.open())
+    assert_one_line_store_error(err, TABLE, endpoint)
+    assert s.healthy() is False
+
+
+def test_dynamodb_instances_share_the_list(ddb: Callable[..., DynamoDbStore]) -> None:
+    relay_a, relay_b = ddb(), ddb()
+    assert run(relay_a.create_table()) is True
+    run(relay_a.open())
+    run(relay_b.open())
+    assert run(relay_a.get("bob@example.com")) is None
+    run(relay_b.put(entry("Bob@Example.com", Reason.COMPLAINT, source="sns", created_at=5.0)))
+    got = run(relay_a.get("BOB@example.com"))
+    assert got is not None and got.reason is Reason.COMPLAINT and got.address == "Bob@Example.com"
+    assert run(relay_a.put_many(entry(f"x{i}@example.com") for i in range(40))) == 40
+    assert run(relay_b.count()) == 41
+    assert len(run(collect(relay_b))) == 41
+    assert run(relay_a.delete("bob@example.com")) is True
+    assert run(relay_b.get("bob@example.com")) is None
+    assert run(relay_b.delete("bob@example.com")) is False
+
+
+def test_dynamodb_put_many_dedups_within_a_batch(
+    ddb: Callable[..., DynamoDbStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = ddb()
+    run(s.create_table())
+    run(s.open())
+    batches: list[list[str]] = []
+    real = s._client.batch_write_item
+
+    def spy(**kwargs: object) -> object:
+        requests = kwargs["RequestItems"][TABLE]  # type: ignore[index]
+        batches.append([r["PutRequest"]["Item"]["key"]["S"] for r in requests])
+        return real(**kwargs)
+
+    monkeypatch.setattr(s._client, "batch_write_item", spy)
+    entries = [entry(f"u{i:02d}@example.com", created_at=float(i)) for i in range(60)]
+    # duplicates inside the first chunk of 25, the last one must win
+    entries[3] = entry("DUP@example.com", Reason.BOUNCE, created_at=100.0)
+    entries[10] = entry("dup@Example.com", Reason.COMPLAINT, created_at=101.0)
+    entries[20] = entry("Dup@example.COM", Reason.MANUAL, created_at=102.0, detail="last")
+    # and across the chunk boundary (index 24 is in the first chunk, 25 in the second)
+    entries[24] = entry("edge@example.com", Reason.BOUNCE, created_at=200.0)
+    entries[25] = entry("EDGE@example.com", Reason.COMPLAINT, created_at=201.0)
+    assert run(s.put_many(iter(entries))) == 60
+    assert [len(b) for b in batches] == [23, 25, 10]
+    assert all(len(set(b)) == len(b) for b in batches)
+    assert run(s.count()) == 57
+    assert run(s.get("dup@example.com")) == entries[20]
+    assert run(s.get("edge@example.com")) == entries[25]
+    assert [e.key for e in run(collect(s))] == sorted({e.key for e in entries})
+
+
+class FlakyBatchClient:
+    """Leaves the first `unprocessed` requests of every call unprocessed, `times` times."""
+
+    def __init__(self, times: int, unprocessed: int = 2) -> None:
+        self.times = times
+        self.unprocessed = unprocessed
+        self.calls: list[int] = []
+
+    def batch_write_item(self, *, RequestItems: dict[str, list[object]]) -> dict[str, object]:  # noqa: N803
+        requests = RequestItems[TABLE]
+        self.calls.append(len(requests))
+        if self.times > 0:
+            self.times -= 1
+            return {"UnprocessedItems": {TABLE: requests[: self.unprocessed]}}
+        return {"UnprocessedItems": {}}
+
+
+def test_dynamodb_batch_retries_unprocessed_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dynamodb_module, "BACKOFF_BASE", 0.0)
+    s = DynamoDbStore(TABLE, region=REGION)
+    requests = [{"PutRequest": {"Item": {"key": {"S": f"k{i}"}}}} for i in range(25)]
+
+    client = FlakyBatchClient(times=3)
+    s._write_batch(client, requests)
+    assert client.calls == [25, 2, 2, 2]
+
+    client = FlakyBatchClient(times=100)
+    with pytest.raises(StoreError) as err:
+        s._write_batch(client, requests)
+    assert_one_line_store_error(err, "unprocessed", "run it again")
+    assert len(client.calls) == dynamodb_module.BATCH_ATTEMPTS
+
+
+def test_dynamodb_blank_address(ddb: Callable[..., DynamoDbStore]) -> None:
+    # Unlike memory/sqlite: a DynamoDB partition key cannot be empty.
+    s = ddb()
+    run(s.create_table())
+    run(s.open())
+    with pytest.raises(StoreError, match="blank address"):
+        run(s.put(entry("   ")))
+    with pytest.raises(StoreError, match="blank address"):
+        run(s.put_many([entry("ok@example.com"), entry("")]))
+    assert run(s.count()) == 0  # nothing written: the import is checked before the first write
+    assert run(s.get("")) is None
+    assert run(s.delete("  ")) is False
+
+
 # --- property: behaves like a dict keyed by address_key ----------------------------------------
 
 CASE_VARIANTS = [str, str.upper, str.lower, str.swapcase, lambda s: f"  {s}\t"]
@@ -380,32 +631,55 @@ operations = st.lists(
 )
 
 
+async def behaves_like_a_dict(
+    store: SuppressionStore, pool: list[str], ops: list[tuple[str, int, int, Reason]]
+) -> None:
+    model: dict[str, SuppressionEntry] = {}
+    for step, (op, index, variant, reason) in enumerate(ops):
+        address = CASE_VARIANTS[variant](pool[index])
+        key = address.strip().lower()
+        if op == "put":
+            e = SuppressionEntry(address=address, reason=reason, created_at=float(step))
+            await store.put(e)
+            model[key] = e
+        elif op == "get":
+            assert await store.get(address) == model.get(key)
+        else:
+            assert await store.delete(address) == (model.pop(key, None) is not None)
+    assert await store.count() == len(model)
+    assert await collect(store) == [model[k] for k in sorted(model)]
+
+
 @pytest.mark.parametrize("backend", ["memory", "sqlite"])
 @settings(max_examples=60, deadline=None)
 @given(pool=st.lists(st.text(max_size=12), min_size=8, max_size=8), ops=operations)
 def test_store_behaves_like_a_dict(
     backend: str, pool: list[str], ops: list[tuple[str, int, int, Reason]]
 ) -> None:
-    async def scenario(store: SuppressionStore) -> None:
-        model: dict[str, SuppressionEntry] = {}
-        for step, (op, index, variant, reason) in enumerate(ops):
-            address = CASE_VARIANTS[variant](pool[index])
-            key = address.strip().lower()
-            if op == "put":
-                e = SuppressionEntry(address=address, reason=reason, created_at=float(step))
-                await store.put(e)
-                model[key] = e
-            elif op == "get":
-                assert await store.get(address) == model.get(key)
-            else:
-                assert await store.delete(address) == (model.pop(key, None) is not None)
-        assert await store.count() == len(model)
-        assert await collect(store) == [model[k] for k in sorted(model)]
-
     with tempfile.TemporaryDirectory() as tmp:
         store = make(backend, Path(tmp))
         run(store.open())
         try:
-            run(scenario(store))
+            run(behaves_like_a_dict(store, pool, ops))
         finally:
             run(store.close())
+
+
+# Fewer examples (each is a few dozen HTTP calls to moto) and no blank addresses: a DynamoDB
+# partition key cannot be empty (test_dynamodb_blank_address covers that case).
+@settings(max_examples=12, deadline=None)
+@given(
+    pool=st.lists(st.text(max_size=12).filter(lambda a: a.strip()), min_size=8, max_size=8),
+    ops=operations,
+)
+def test_dynamodb_behaves_like_a_dict(
+    moto_server: MotoServer, pool: list[str], ops: list[tuple[str, int, int, Reason]]
+) -> None:
+    table = f"prop-{uuid.uuid4().hex}"  # a fresh table per example, without resetting moto
+    store = DynamoDbStore(table, region=REGION, endpoint_url=moto_server.endpoint_url)
+    assert run(store.create_table()) is True
+    run(store.open())
+    try:
+        run(behaves_like_a_dict(store, pool, ops))
+    finally:
+        run(store.close())
