@@ -32,26 +32,11 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 HttpGet = Callable[[str], Awaitable[bytes]]
 
+_CONFIRMATION_FIELDS = ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type")
 SIGNED_FIELDS = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
-    "SubscriptionConfirmation": (
-        "Message",
-        "MessageId",
-        "SubscribeURL",
-        "Timestamp",
-        "Token",
-        "TopicArn",
-        "Type",
-    ),
-    "UnsubscribeConfirmation": (
-        "Message",
-        "MessageId",
-        "SubscribeURL",
-        "Timestamp",
-        "Token",
-        "TopicArn",
-        "Type",
-    ),
+    "SubscriptionConfirmation": _CONFIRMATION_FIELDS,
+    "UnsubscribeConfirmation": _CONFIRMATION_FIELDS,
 }
 _HASHES = {"1": hashes.SHA1, "2": hashes.SHA256}
 _SNS_HOST = re.compile(r"sns\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?")
