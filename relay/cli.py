@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import email.policy
 import smtplib
 import sys
@@ -113,8 +114,17 @@ def cmd_suppression(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.suppression_command == "create-table":
         return _create_table(config)
+    if getattr(args, "to_ses", False) and args.reason == Reason.MANUAL.value:
+        return _fail("--to-ses needs --reason BOUNCE or COMPLAINT (SES has no MANUAL reason)")
 
     async def add(store):
+        if args.to_ses:
+            from relay.suppression.ses_sync import push_to_ses, sesv2_client_factory
+
+            await push_to_ses(
+                sesv2_client_factory(config.ses.region, config.ses.endpoint_url), args.address, args.reason
+            )
+            print(f"added {args.address} to the SES account-level suppression list")
         await store.put(
             SuppressionEntry(args.address, Reason(args.reason), source="manual", detail=args.detail)
         )
@@ -148,11 +158,99 @@ def cmd_suppression(args: argparse.Namespace) -> int:
         print(f"{count} suppressed", file=sys.stderr)
         return EXIT_OK
 
-    action = {"add": add, "remove": remove, "check": check, "list": listing}[args.suppression_command]
+    def progress(verb: str):
+        return lambda n: print(f"{n} {verb}", file=sys.stderr, flush=True)
+
+    async def import_(store):
+        from relay.suppression.transfer import guess_format, import_entries
+
+        fmt = args.format or guess_format(args.file)
+        source = sys.stdin.buffer if args.file == "-" else Path(args.file)
+        result = await import_entries(
+            store, source, fmt=fmt, source=args.source, batch=args.batch, progress=progress("imported")
+        )
+        for error in result.errors:
+            print(error, file=sys.stderr)
+        if result.skipped > len(result.errors):
+            print(f"... and {result.skipped - len(result.errors)} more bad rows", file=sys.stderr)
+        print(f"imported {result.imported}, skipped {result.skipped}")
+        return EXIT_FAILURE if result.skipped else EXIT_OK
+
+    async def export(store):
+        from relay.suppression.transfer import export_entries
+
+        count = await export_entries(store, out, fmt=export_format, full=args.full)
+        print(f"exported {count}", file=sys.stderr)
+        return EXIT_OK
+
+    async def sync(store):
+        from relay.suppression.ses_sync import sesv2_client_factory, sync_from_ses
+
+        result = await sync_from_ses(
+            store,
+            sesv2_client_factory(config.ses.region, config.ses.endpoint_url),
+            state_path=state_path,
+            rate=args.rate,
+            progress=progress("synced"),
+        )
+        resumed = " (resumed from the saved position)" if result.resumed else ""
+        print(f"synced {result.imported} entries from SES in {result.pages} pages{resumed}")
+        return EXIT_OK
+
+    command = args.suppression_command
+    if command == "push-to-ses":
+        from relay.suppression.ses_sync import SyncError, push_to_ses, sesv2_client_factory
+
+        try:
+            asyncio.run(
+                push_to_ses(
+                    sesv2_client_factory(config.ses.region, config.ses.endpoint_url),
+                    args.address,
+                    args.reason,
+                )
+            )
+        except SyncError as exc:
+            return _fail(str(exc))
+        print(f"added {args.address} ({args.reason}) to the SES account-level suppression list")
+        return EXIT_OK
+
+    from relay.suppression.ses_sync import SyncError
+
+    state_path = (
+        args.state if command == "sync" and args.state else config.resolved_state_dir / "ses-sync.state"
+    )
+    if command == "sync" and args.restart:
+        state_path.unlink(missing_ok=True)
+    action = {
+        "add": add,
+        "remove": remove,
+        "check": check,
+        "list": listing,
+        "import": import_,
+        "export": export,
+        "sync": sync,
+    }[command]
     try:
-        return asyncio.run(_with_store(config, action))
+        with contextlib.ExitStack() as files:
+            out, export_format = sys.stdout, "csv"
+            if command == "export":
+                from relay.suppression.transfer import guess_format
+
+                export_format = args.format or guess_format(args.output or "-")
+                if args.output not in (None, "-"):
+                    out = files.enter_context(open(args.output, "w", encoding="utf-8", newline=""))
+            return asyncio.run(_with_store(config, action))
     except (StoreError, StartupError) as exc:
         return _fail(str(exc))
+    except SyncError as exc:
+        resume = (
+            f" (run `ses-relay suppression sync` again to continue from {state_path})"
+            if state_path.exists()
+            else ""
+        )
+        return _fail(f"{exc}{resume}")
+    except OSError as exc:
+        return _fail(f"{getattr(exc, 'filename', None) or ''}: {exc.strerror or exc}".lstrip(": "))
 
 
 def _create_table(config: Config) -> int:
@@ -212,12 +310,64 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("address")
     add.add_argument("--reason", choices=[r.value for r in Reason], default=Reason.MANUAL.value)
     add.add_argument("--detail", default=None, help="free text kept with the entry")
+    add.add_argument(
+        "--to-ses",
+        action="store_true",
+        help="also add it to the SES account-level suppression list (reason BOUNCE or COMPLAINT)",
+    )
     for name, text in (
         ("remove", "stop suppressing an address"),
         ("check", "is this address suppressed? (exit 0 if so)"),
     ):
         with_config(actions.add_parser(name, help=text)).add_argument("address")
     with_config(actions.add_parser("list", help="print every entry (tab-separated)"))
+    imp = with_config(actions.add_parser("import", help="import a CSV (SES bulk format) or JSON-lines file"))
+    imp.add_argument("file", help="path, or - for stdin")
+    imp.add_argument(
+        "--format",
+        choices=["csv", "jsonl"],
+        default=None,
+        help="default: jsonl for *.jsonl/*.ndjson/*.json, else csv",
+    )
+    imp.add_argument(
+        "--source", default="import", help="source recorded for rows without one (default import)"
+    )
+    imp.add_argument("--batch", type=int, default=50_000, help="rows per transaction (default 50000)")
+    exp = with_config(
+        actions.add_parser("export", help="write every entry as CSV (SES bulk format) or JSON lines")
+    )
+    exp.add_argument("output", nargs="?", default=None, help="path (default stdout)")
+    exp.add_argument(
+        "--format",
+        choices=["csv", "jsonl"],
+        default=None,
+        help="default: jsonl for *.jsonl/*.ndjson/*.json, else csv",
+    )
+    exp.add_argument(
+        "--full",
+        action="store_true",
+        help="CSV: add source,created_at,feedback_id,detail (no longer SES's import format)",
+    )
+    sync = with_config(
+        actions.add_parser(
+            "sync",
+            help="copy the SES account-level suppression list into the local list (resumable)",
+        )
+    )
+    sync.add_argument(
+        "--rate", type=float, default=1.0, help="SES requests per second (default 1, SES's limit)"
+    )
+    sync.add_argument(
+        "--state", type=Path, default=None, help="resume file (default <state_dir>/ses-sync.state)"
+    )
+    sync.add_argument(
+        "--restart", action="store_true", help="ignore a saved position and start from the beginning"
+    )
+    push = with_config(
+        actions.add_parser("push-to-ses", help="add an address to the SES account-level suppression list")
+    )
+    push.add_argument("address")
+    push.add_argument("--reason", choices=["BOUNCE", "COMPLAINT"], required=True)
     with_config(actions.add_parser("create-table", help="create the DynamoDB suppression table if missing"))
     suppression.set_defaults(func=cmd_suppression)
     return parser

@@ -28,6 +28,18 @@ Order of checks for each request (every request is counted in ``received`` and, 
 5. ``max_rate`` token bucket -> 429 ``TooManyRequestsException``;
 6. success after ``latency`` seconds (or the ``Fault.delay`` seconds instead).
 
+Suppression-list routes (the account-level list, ``fake.suppressed``: address -> (reason, unix time)):
+
+* ``GET /v2/email/suppression/addresses`` (ListSuppressedDestinations: ``PageSize`` 1-1000,
+  ``NextToken``, ``Reason`` (repeatable), ``StartDate``/``EndDate``; addresses in sorted order;
+  ``LastUpdateTime`` as epoch seconds, as restJson returns it);
+* ``PUT /v2/email/suppression/addresses`` (PutSuppressedDestination, JSON ``EmailAddress``/``Reason``);
+* ``GET``/``DELETE /v2/email/suppression/addresses/{EmailAddress}``.
+
+They go through the same checks as SendEmail (queued faults apply to them too), but their throttle
+is a separate token bucket: ``suppression_rate`` requests/second (default 1, as in SES; ``None``
+disables it). ``RecordedRequest.query`` keeps their query parameters.
+
 CLI (for the benchmark)::
 
     python -m tests.fakes.fake_ses --port 8025 --latency 0.05 [--max-rate 200]
@@ -52,12 +64,19 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
 SEND_EMAIL_PATH = "/v2/email/outbound-emails"
+SUPPRESSION_PATH = "/v2/email/suppression/addresses"
+SUPPRESSION_REASONS = ("BOUNCE", "COMPLAINT")
+MAX_SUPPRESSION_PAGE = 1000
+SUPPRESSION_THROTTLED = "Too Many Requests."
 ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazonaws.services.email.v2/"
 MAX_RECIPIENTS = 50
 
@@ -162,6 +181,8 @@ class RecordedRequest:
     raw_message: bytes | None  # base64-decoded Content.Raw.Data
     outcome: str = "pending"  # "ok", an error code, "reset", "hang" or "http_<status>"
     message_id: str | None = None
+    query: dict[str, list[str]] | None = None  # query parameters (suppression-list routes)
+    raw_body: bytes = b""  # the request body exactly as received (what SigV4 signed)
 
     @property
     def destinations(self) -> list[str]:
@@ -207,6 +228,50 @@ def _count_destinations(dest: Any) -> int:
     return n
 
 
+class _TokenBucket:
+    """`rate` requests/second with a burst of max(1, rate); the rate is read on each take."""
+
+    def __init__(self, rate: Callable[[], float | None]) -> None:
+        self._rate = rate
+        self._tokens: float | None = None
+        self._last = time.monotonic()
+
+    def take(self) -> bool:
+        rate = self._rate()
+        if rate is None:
+            return True
+        burst = max(1.0, rate)
+        now = time.monotonic()
+        tokens = burst if self._tokens is None else min(burst, self._tokens + (now - self._last) * rate)
+        self._last = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = tokens
+        return False
+
+
+class _Listing(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _query_time(query: dict[str, list[str]], name: str) -> float | None:
+    values = query.get(name)
+    if not values:
+        return None
+    text = values[-1]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise _Listing(f"Invalid {name}.") from None
+
+
 class FakeSES:
     """Fake SESv2 SendEmail endpoint served from a background thread (see module docstring)."""
 
@@ -217,8 +282,13 @@ class FakeSES:
         max_rate: float | None = None,
         require_auth: bool = True,
         record: bool = True,
+        suppression_rate: float | None = 1.0,
     ) -> None:
         self.latency = latency
+        self.suppression_rate = suppression_rate
+        #: The account-level suppression list: address -> (reason, unix time of the last update).
+        self.suppressed: dict[str, tuple[str, float]] = {}
+        self._suppression_bucket = _TokenBucket(lambda: self.suppression_rate)
         self.max_rate = max_rate
         self.require_auth = require_auth
         self.record = record
@@ -381,7 +451,7 @@ class FakeSES:
         raw = await request.read()
         rec: RecordedRequest | None = None
         if self.record:
-            rec = RecordedRequest(request.method, request.path, dict(request.headers), None, None)
+            rec = RecordedRequest(request.method, request.path, dict(request.headers), None, None, raw_body=raw)
             with self._lock:
                 self._requests.append(rec)
 
@@ -393,10 +463,13 @@ class FakeSES:
         def error(code: str, message: str, status: int | None = None) -> web.StreamResponse:
             return answer(code, _error_response(code, message, status))
 
-        if request.path != SEND_EMAIL_PATH or request.method != "POST":
+        suppression = self._suppression_route(request)
+        if suppression is None and (request.path != SEND_EMAIL_PATH or request.method != "POST"):
             return error("UnknownOperationException", "")
         if self.require_auth and not request.headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256 "):
             return error("UnrecognizedClientException", DEFAULT_MESSAGES["UnrecognizedClientException"])
+        if suppression is not None:
+            return await self._handle_suppression(request, suppression, raw, rec, answer, error)
 
         # Parse before applying faults so the request is recorded in full whatever happens to it.
         body: Any = None
@@ -463,6 +536,168 @@ class FakeSES:
             ),
         )
 
+    # ------------------------------------------------------------------ suppression list
+
+    @staticmethod
+    def _suppression_route(request: web.Request) -> tuple[str, str | None] | None:
+        """(operation, address) for a suppression-list request, else None."""
+        raw_path = request.rel_url.raw_path
+        if raw_path == SUPPRESSION_PATH:
+            op = {"GET": "list", "PUT": "put"}.get(request.method)
+            return None if op is None else (op, None)
+        prefix = SUPPRESSION_PATH + "/"
+        if raw_path.startswith(prefix) and len(raw_path) > len(prefix) and "/" not in raw_path[len(prefix):]:
+            op = {"GET": "get", "DELETE": "delete"}.get(request.method)
+            return None if op is None else (op, unquote(raw_path[len(prefix):]))
+        return None
+
+    async def _handle_suppression(
+        self,
+        request: web.Request,
+        route: tuple[str, str | None],
+        raw: bytes,
+        rec: RecordedRequest | None,
+        answer: Callable[[str, web.StreamResponse], web.StreamResponse],
+        error: Callable[..., web.StreamResponse],
+    ) -> web.StreamResponse:
+        op, address = route
+        query: dict[str, list[str]] = {}
+        for key, value in request.rel_url.query.items():
+            query.setdefault(key, []).append(value)
+        if rec is not None:
+            rec.query = query
+        body: Any = None
+        invalid: str | None = None
+        if op == "put":
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                invalid = "Could not parse request body into json."
+            if rec is not None and isinstance(body, dict):
+                rec.body = body
+            if invalid is None:
+                invalid = self._validate_put(body)
+
+        fault = self._next_fault()
+        if fault is not None:
+            if fault.kind == "error":
+                return error(fault.code, fault.message, fault.status)
+            if fault.kind == "http":
+                return answer(
+                    fault.outcome,
+                    web.Response(
+                        status=fault.status, body=fault.body, headers={"Content-Type": fault.content_type}
+                    ),
+                )
+            if fault.kind == "reset":
+                self._abort(request)
+                return answer("reset", web.Response())
+            if fault.kind == "hang":
+                if rec is not None:
+                    rec.outcome = "hang"
+                assert self._stopping is not None
+                await self._stopping.wait()
+                self._abort(request)
+                return web.Response()
+            if fault.kind == "delay" and await self._wait_or_stop(fault.seconds):
+                self._abort(request)
+                return answer("aborted", web.Response())
+
+        if invalid is not None:
+            return error("BadRequestException", invalid)
+        if not self._suppression_bucket.take():
+            return error("TooManyRequestsException", SUPPRESSION_THROTTLED)
+
+        def ok(payload: dict[str, Any]) -> web.StreamResponse:
+            return answer(
+                "ok",
+                web.Response(
+                    body=json.dumps(payload).encode(),
+                    content_type=_JSON,
+                    headers={"x-amzn-RequestId": str(uuid.uuid4())},
+                ),
+            )
+
+        if op == "put":
+            with self._lock:
+                self.suppressed[body["EmailAddress"]] = (body["Reason"], time.time())
+            return ok({})
+        if op in ("get", "delete"):
+            assert address is not None
+            with self._lock:
+                found = self.suppressed.get(address)
+                if found is not None and op == "delete":
+                    del self.suppressed[address]
+            if found is None:
+                return error("NotFoundException", f"Email address {address} does not exist on your suppression list.")
+            if op == "delete":
+                return ok({})
+            reason, stamp = found
+            return ok(
+                {
+                    "SuppressedDestination": {
+                        "EmailAddress": address,
+                        "Reason": reason,
+                        "LastUpdateTime": stamp,
+                        "Attributes": {},
+                    }
+                }
+            )
+        try:
+            return ok(self._list_page(query))
+        except _Listing as exc:
+            return error("BadRequestException", exc.message)
+
+    @staticmethod
+    def _validate_put(body: Any) -> str | None:
+        if not isinstance(body, dict):
+            return "Request body must be a JSON object."
+        address = body.get("EmailAddress")
+        if not isinstance(address, str) or not address:
+            return "EmailAddress is required."
+        if body.get("Reason") not in SUPPRESSION_REASONS:
+            return "Reason must be BOUNCE or COMPLAINT."
+        return None
+
+    def _list_page(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        try:
+            size = int(query.get("PageSize", [str(MAX_SUPPRESSION_PAGE)])[-1])
+        except ValueError:
+            raise _Listing("PageSize must be a number.") from None
+        if not 1 <= size <= MAX_SUPPRESSION_PAGE:
+            raise _Listing(f"PageSize must be between 1 and {MAX_SUPPRESSION_PAGE}.")
+        reasons = query.get("Reason") or list(SUPPRESSION_REASONS)
+        if any(r not in SUPPRESSION_REASONS for r in reasons):
+            raise _Listing("Reason must be BOUNCE or COMPLAINT.")
+        start, end = _query_time(query, "StartDate"), _query_time(query, "EndDate")
+        offset = 0
+        token = query.get("NextToken", [None])[-1]
+        if token is not None:
+            try:
+                offset = int(base64.urlsafe_b64decode(token.encode()).decode().removeprefix("offset:"))
+            except (ValueError, binascii.Error, UnicodeDecodeError):
+                raise _Listing("Invalid NextToken.") from None
+            if offset < 0:
+                raise _Listing("Invalid NextToken.")
+        with self._lock:
+            matching = [
+                (address, reason, stamp)
+                for address, (reason, stamp) in sorted(self.suppressed.items())
+                if reason in reasons
+                and (start is None or stamp >= start)
+                and (end is None or stamp <= end)
+            ]
+        page = matching[offset : offset + size]
+        payload: dict[str, Any] = {
+            "SuppressedDestinationSummaries": [
+                {"EmailAddress": address, "Reason": reason, "LastUpdateTime": stamp}
+                for address, reason, stamp in page
+            ]
+        }
+        if offset + size < len(matching):
+            payload["NextToken"] = base64.urlsafe_b64encode(f"offset:{offset + size}".encode()).decode()
+        return payload
+
     def _validate(self, body: Any, rec: RecordedRequest | None) -> str | None:
         """Return a BadRequestException message, or None. Decodes Raw.Data only when recording."""
         if not isinstance(body, dict):
@@ -496,6 +731,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each successful answer")
     parser.add_argument("--max-rate", type=float, default=None, help="sends/second before 429 throttling")
     parser.add_argument("--no-auth", action="store_true", help="do not require a SigV4 Authorization header")
+    parser.add_argument(
+        "--suppression-rate", type=float, default=1.0, help="suppression-list requests/second before 429"
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -505,7 +743,13 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    fake = FakeSES(latency=args.latency, max_rate=args.max_rate, require_auth=not args.no_auth, record=False)
+    fake = FakeSES(
+        latency=args.latency,
+        max_rate=args.max_rate,
+        require_auth=not args.no_auth,
+        record=False,
+        suppression_rate=args.suppression_rate if args.suppression_rate > 0 else None,
+    )
     port = fake.start(args.port)
     print(f"fake_ses listening on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
     try:

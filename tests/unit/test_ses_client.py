@@ -354,12 +354,6 @@ def test_rate_limiter_fractional_rate_and_validation(clock: FakeClock):
 # -- SigV4: recompute the signature of a real relay request with botocore ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="tests/fakes/fake_ses.py RecordedRequest keeps only the parsed JSON body, not the raw request "
-    "bytes; SigV4 signs the exact bytes, so the fake needs a `raw_body: bytes` field",
-)
 def test_relay_request_signature_verifies_with_botocore(fake_ses, relay_factory):
     relay = relay_factory(fake_ses.endpoint_url)
     with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
