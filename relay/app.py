@@ -9,6 +9,7 @@ import asyncio
 import logging
 import signal
 import threading
+import time
 
 from aiohttp import web
 
@@ -99,6 +100,19 @@ class Relay:
         self._listening = False
         self._store_size = 0.0
         self._store_size_task: asyncio.Task | None = None
+        self._sync_task: asyncio.Task | None = None
+        self._ses_sync_entries = 0.0
+        self._ses_sync_last = 0.0
+        self.metrics.register_gauge_callback(
+            "ses_relay_ses_sync_last_success_timestamp_seconds",
+            "When the last pull of the SES account suppression list finished (0: never)",
+            lambda: self._ses_sync_last,
+        )
+        self.metrics.register_gauge_callback(
+            "ses_relay_ses_sync_last_entries",
+            "Entries copied by the last SES suppression list pull",
+            lambda: self._ses_sync_entries,
+        )
         self.metrics.register_gauge_callback(
             "ses_relay_suppression_entries",
             "Entries in the suppression store (refreshed every minute)",
@@ -170,6 +184,8 @@ class Relay:
             raise
         self._listening = True
         self._store_size_task = asyncio.create_task(self._refresh_store_size(), name="store-size")
+        if config.suppression.ses_sync_interval and not config.ses.dry_run:
+            self._sync_task = asyncio.create_task(self._periodic_ses_sync(), name="ses-suppression-sync")
         log.info(
             "ses-relay listening",
             extra={
@@ -226,10 +242,28 @@ class Relay:
                 log.warning("could not count the suppression store: %s", exc)
             await asyncio.sleep(STORE_SIZE_INTERVAL)
 
+    async def _periodic_ses_sync(self) -> None:
+        """Keep the local list a superset of the SES account list (SES drops, and charges for, those)."""
+        from relay.suppression.ses_sync import SyncError, sesv2_client_factory, sync_from_ses
+
+        config = self.config
+        factory = sesv2_client_factory(config.ses.region, config.ses.endpoint_url)
+        state = config.resolved_state_dir / "ses-sync.serve.state"
+        while self._store is not None:
+            try:
+                result = await sync_from_ses(self._store, factory, state_path=state)
+                self._ses_sync_entries = float(result.imported)
+                self._ses_sync_last = time.time()
+                log.info("synced %d entries from the SES suppression list", result.imported)
+            except (SyncError, StoreError) as exc:
+                log.error("SES suppression list sync failed (will retry): %s", exc)
+            await asyncio.sleep(config.suppression.ses_sync_interval or 3600)
+
     async def stop(self) -> None:
-        if self._store_size_task is not None:
-            self._store_size_task.cancel()
-            self._store_size_task = None
+        for task in (self._store_size_task, self._sync_task):
+            if task is not None:
+                task.cancel()
+        self._store_size_task = self._sync_task = None
         self._listening = False
         if self._smtp is not None:
             self._smtp.stop_accepting()

@@ -135,6 +135,9 @@ class SuppressionConfig(_Section):
     path: Path | None = None
     on_suppressed: Literal["reject", "drop"] = "reject"
     dynamodb: DynamoDbSuppressionConfig = DynamoDbSuppressionConfig()
+    # Seconds between pulls of the SES account-level suppression list while serving; None: never
+    # (run `ses-relay suppression sync` yourself). Each pull pages at 1 request/s.
+    ses_sync_interval: float | None = Field(None, ge=60)
 
 
 class SnsFeedbackConfig(_Section):
