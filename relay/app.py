@@ -10,15 +10,14 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from relay.config import Config, parse_host_port
 from relay.dryrun import DryRunSender
 from relay.feedback.processor import FeedbackProcessor
-from relay.feedback.sns import HttpGet, SnsVerifier, https_get
-from relay.feedback.sqs import SqsPoller
-from relay.feedback.webhook import sns_handler
 from relay.guard import ReputationGuard
 from relay.metrics import RelayMetrics
 from relay.sending import Sender, StartupError
@@ -28,6 +27,9 @@ from relay.smtp.server import SmtpServer
 from relay.suppression import create_store
 from relay.suppression.base import StoreError, SuppressionStore
 from relay.web import build_app
+
+if TYPE_CHECKING:
+    from relay.feedback.sqs import SqsPoller
 
 log = logging.getLogger("relay")
 STORE_SIZE_INTERVAL = 60.0
@@ -81,7 +83,7 @@ class Relay:
         config: Config,
         *,
         metrics: RelayMetrics | None = None,
-        sns_http_get: HttpGet = https_get,
+        sns_http_get: Callable[[str], Awaitable[bytes]] | None = None,
     ) -> None:
         """`sns_http_get` fetches SNS signing certificates and confirms subscriptions. Tests inject one
         that serves their own test CA; there is deliberately no config key for it."""
@@ -169,6 +171,8 @@ class Relay:
                 except OSError as exc:
                     raise StartupError(f"cannot listen for SMTP on {item}: {exc.strerror or exc}") from None
             if config.feedback.sqs.queue_url:
+                from relay.feedback.sqs import SqsPoller  # boto3's SQS model: only when used
+
                 sqs = config.feedback.sqs
                 self._sqs = SqsPoller(
                     sqs.queue_url,
@@ -211,12 +215,17 @@ class Relay:
         )
         sns = None
         if self.config.feedback.sns.enabled:
+            # Imported only when enabled: the SNS side pulls in cryptography (~10 MB resident).
+            from relay.feedback.sns import SnsVerifier, https_get
+            from relay.feedback.webhook import sns_handler
+
+            fetch = self._sns_http_get or https_get
             verifier = SnsVerifier(
                 self.config.feedback.sns.topic_arns,
-                fetch_certificate=self._sns_http_get,
+                fetch_certificate=fetch,
                 max_age=self.config.feedback.sns.max_age,
             )
-            sns = sns_handler(verifier, self._feedback, self.metrics, http_get=self._sns_http_get)
+            sns = sns_handler(verifier, self._feedback, self.metrics, http_get=fetch)
         self._web = web.AppRunner(
             build_app(self.metrics.registry, checks, sns), access_log=None, handle_signals=False
         )

@@ -84,7 +84,7 @@ def _scan_header(raw: bytes) -> list[_Field]:
             fields[-1].end = end  # continuation line of the previous field
         else:
             colon = raw.find(b":", pos, end)
-            name = raw[pos:colon].rstrip(b" \t").lower() if colon >= 0 else None
+            name = bytes(raw[pos:colon]).rstrip(b" \t").lower() if colon >= 0 else None
             fields.append(_Field(name, pos, colon, end))
         pos = end
     return fields
@@ -139,8 +139,11 @@ def _parse_list_management(text: str) -> ListManagement:
     return ListManagement(contact_list=contact_list, topic=topic)
 
 
-def prepare(raw: bytes) -> PreparedMessage:
-    """Drop Bcc and X-SES-* header fields, returning their settings. Raises MessageError."""
+def prepare(raw: bytes | bytearray) -> PreparedMessage:
+    """Drop Bcc and X-SES-* header fields, returning their settings. Raises MessageError.
+
+    `raw` may be the bytearray the SMTP server read DATA into: it is then passed on without a copy.
+    """
     fields = _scan_header(raw)
     message_id: str | None = None
     has_from = False

@@ -67,6 +67,8 @@ class RelayHandler:
         self._ok_reply = replies.OK_DRY_RUN if dry_run else replies.OK_SENT
         self.shutting_down = False
         self.sends_in_flight = 0
+        # Label lookups resolved once: they are on the per-message path.
+        self._transactions = {c: metrics.smtp_transactions.labels(f"{c}xx") for c in "2345"}
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: RelayEnvelope, address: str, options: list[str]
@@ -169,7 +171,7 @@ class RelayHandler:
         record["ses_message_id"] = message_id
         record["reply"] = reply[:3]
         record["duration"] = round(time.monotonic() - envelope.started, 4) if envelope.started else None
-        self._metrics.smtp_transactions.labels(f"{reply[0]}xx").inc()
+        self._transactions[reply[0]].inc()
         audit.info("transaction", extra={"fields": record})
         return reply
 

@@ -387,3 +387,43 @@ def test_relay_request_signature_verifies_with_botocore(fake_ses, relay_factory)
     assert signature == expected
     assert recorded.path == SEND_EMAIL_PATH
     assert json.loads(raw_body) == recorded.body
+
+
+def test_large_message_is_streamed_with_a_signed_payload_hash(fake_ses, relay_factory):
+    """Over 1 MiB the body is sent in chunks, never joined: what arrives must still be exact and signed."""
+    import hashlib
+
+    body_lines = b"".join(b"line %07d " % i + b"x" * 60 + b"\r\n" for i in range(40_000))  # ~2.9 MB
+    message = b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: big\r\n\r\n" + body_lines
+    relay = relay_factory(fake_ses.endpoint_url)
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=60) as client:
+        client.ehlo()
+        client.mail("alice@example.com")
+        client.rcpt("bob@example.org")
+        code, reply = client.data(message)
+    assert code == 250, reply
+    (recorded,) = fake_ses.requests
+    assert recorded.raw_message == message
+    assert recorded.headers["X-Amz-Content-SHA256"] == hashlib.sha256(recorded.raw_body).hexdigest()
+    assert int(recorded.headers["Content-Length"]) == len(recorded.raw_body)
+    assert "Transfer-Encoding" not in recorded.headers
+    signed = re.search(r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})", recorded.headers["Authorization"])
+    headers = {k: v for k, v in recorded.headers.items() if k.lower() in signed.group(1).split(";")}
+    assert "x-amz-content-sha256" in signed.group(1).split(";")
+    request = AWSRequest(method="POST", url=fake_ses.endpoint_url + recorded.path, headers=headers,
+                         data=recorded.raw_body)
+    request.context["timestamp"] = recorded.headers["X-Amz-Date"]
+    auth = SigV4Auth(Credentials("testing", "testing"), "ses", "us-east-1")
+    assert auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request) == signed.group(2)
+
+
+def test_request_body_chunks_equal_the_joined_body():
+    from relay.ses.client import RequestBody
+
+    for size in (0, 1, 2, 3, RequestBody.CHUNK - 1, RequestBody.CHUNK, RequestBody.CHUNK + 1, 3 * RequestBody.CHUNK + 2):
+        raw = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        body = RequestBody(raw, b'{"Destination":{"ToAddresses":["a@b.c"]}}')
+        joined = body.to_bytes()
+        assert b"".join(body.chunks()) == joined
+        assert len(body) == len(joined)
+        assert json.loads(joined)["Content"]["Raw"]["Data"] == base64.b64encode(raw).decode()
