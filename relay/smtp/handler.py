@@ -70,6 +70,10 @@ class RelayHandler:
         # Label lookups resolved once: they are on the per-message path.
         self._transactions = {c: metrics.smtp_transactions.labels(f"{c}xx") for c in "2345"}
 
+    def __dir__(self) -> list[str]:
+        # aiosmtpd lists the handler's members on every connection, looking for handle_*/auth_*.
+        return _HANDLER_HOOKS
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: RelayEnvelope, address: str, options: list[str]
     ) -> str:
@@ -193,6 +197,9 @@ class RelayHandler:
     async def handle_exception(self, error: Exception) -> str:
         log.error("SMTP session error: %s: %s", error.__class__.__name__, error)
         return replies.INTERNAL_ERROR
+
+
+_HANDLER_HOOKS = sorted(name for name in vars(RelayHandler) if name.startswith(("handle_", "auth_")))
 
 
 def _log_orphan(task: asyncio.Future, record: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ let transactions in progress finish, and then hang up on the rest.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import socket
@@ -110,11 +111,23 @@ class SmtpServer:
             await server.wait_closed()
 
 
+@functools.cache
+def _protocol_methods(cls: type) -> list[str]:
+    return sorted(
+        {name for klass in cls.__mro__ for name in vars(klass) if name.startswith(("smtp_", "auth_"))}
+    )
+
+
 class RelaySMTP(SMTP):
     def __init__(self, handler: RelayHandler, *, server: SmtpServer, **kwargs) -> None:
         super().__init__(handler, **kwargs)
         self._relay_server = server
         self._hung_up = False
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd's __init__ runs dir()/inspect.getmembers() on every new connection only to find
+        # the smtp_* and auth_* methods; listing just those saves ~150 us per connection.
+        return _protocol_methods(type(self))
 
     def _create_envelope(self) -> RelayEnvelope:
         return RelayEnvelope()
