@@ -196,6 +196,7 @@ class Relay:
                 "fields": {
                     "smtp": [f"{h}:{p}" for h, p in self.smtp_addresses],
                     "http": f"{self.http_address[0]}:{self.http_address[1]}" if self.http_address else None,
+                    "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
                     "mode": "dry-run" if config.ses.dry_run else config.delivery.mode,
                 }
             },

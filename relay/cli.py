@@ -38,12 +38,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(config.logging.level, config.logging.format)
     relay = Relay(config)
     try:
-        asyncio.run(relay.run())
+        _run_loop(relay.run(), config.event_loop)
     except StartupError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+def _run_loop(coroutine, choice: str) -> None:
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                coroutine.close()
+                from relay.sending import StartupError
+
+                raise StartupError(
+                    "event_loop: uvloop, but uvloop is not installed (pip install 'ses-relay[uvloop]')"
+                ) from None
+        else:
+            uvloop.run(coroutine)
+            return
+    asyncio.run(coroutine)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

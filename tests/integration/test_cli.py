@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import free_port, require_tool
+from tests.conftest import free_port, require_tool, wait_for_port
 from tests.fakes.fake_ses import FakeSES
 
 STARTUP_TIMEOUT = 30.0
@@ -574,3 +574,27 @@ def test_send_test_in_flight_during_shutdown_reports_success(tmp_path):
             assert served.process.wait(timeout=STOP_TIMEOUT) == 0
     assert "DATA: 250" in stdout, (stdout, stderr)
     assert client.returncode == 0, (stdout, stderr)
+
+
+def test_event_loop_choice_is_honoured(tmp_path):
+    """serve runs on uvloop when asked (it is in the test extras) and on asyncio's loop when asked."""
+    import importlib.util
+
+    assert importlib.util.find_spec("uvloop") is not None, "uvloop is a test dependency"
+    for choice in ("uvloop", "asyncio"):
+        port, http = free_port(), free_port()
+        env = {**os.environ, "SES_RELAY_STATE_DIR": str(tmp_path / choice), "SES_RELAY_EVENT_LOOP": choice,
+               "SES_RELAY_SES__DRY_RUN": "true", "SES_RELAY_SMTP__LISTEN": f'["127.0.0.1:{port}"]',
+               "SES_RELAY_HTTP__LISTEN": f"127.0.0.1:{http}", "SES_RELAY_LOGGING__LEVEL": "debug"}
+        process = subprocess.Popen([sys.executable, "-m", "relay", "serve"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for_port(port)
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                assert client.noop()[0] == 250
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 0, stderr
+        (listening,) = [line for line in map(json.loads, stderr.splitlines()) if line["msg"] == "ses-relay listening"]
+        assert listening["event_loop"] == choice

@@ -126,7 +126,9 @@ def test_environment_overrides_are_parsed():
             "SES_RELAY_SMTP__MAX_RECIPIENTS": "10",
             "SES_RELAY_SMTP__LISTEN": '["127.0.0.1:2626"]',
             "SES_RELAY_SES__DRY_RUN": "true",
-            "SES_RELAY_STATE_DIR": "/ignored/not/a/config/key",
+            "SES_RELAY_STATE_DIR": "/from/env",
+            "SES_RELAY_EVENT_LOOP": "asyncio",
+            "SES_RELAY_NOT_A_KEY": "ignored",
             "UNRELATED": "x",
         },
     )
@@ -135,7 +137,9 @@ def test_environment_overrides_are_parsed():
     assert isinstance(config.smtp.max_recipients, int)
     assert config.smtp.listen == ["127.0.0.1:2626"]
     assert config.ses.dry_run is True
-    assert config.state_dir is None
+    # Top-level keys take SES_RELAY_<KEY>; other names without SECTION__ are not config.
+    assert config.state_dir == Path("/from/env") == config.resolved_state_dir
+    assert config.event_loop == "asyncio"
 
 
 def test_environment_beats_the_file_key_by_key(tmp_path):
