@@ -144,6 +144,9 @@ class RelaySystem(System):
             "http": {"listen": f"127.0.0.1:{self.http_port}"},
             "logging": {"level": self.log_level, "format": "json"},
             "state_dir": str(self.dir / "state"),
+            # Explicit, so the relay runs on the same loop as its baseline (auto would pick uvloop
+            # whenever it is installed).
+            "event_loop": "uvloop" if self.uvloop else "asyncio",
         }
         path = self.dir / "config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -155,15 +158,8 @@ class RelaySystem(System):
         db = self.dir / "state" / "suppression.db"
         if not db.exists():
             prefill_suppression(db)
-        if self.uvloop:
-            args = [
-                "-c",
-                "import uvloop, sys; uvloop.install(); from relay.cli import main; sys.exit(main())",
-            ]
-        else:
-            args = ["-m", "relay"]
         self.proc = procs.spawn_python(
-            [*args, "serve", "--config", str(config)],
+            ["-m", "relay", "serve", "--config", str(config)],
             env=relay_env(self.source, **self.extra_env),
             cwd=self.source,
             log=self.stderr_log,

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import boto3
+import botocore.config
 import botocore.exceptions
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -149,6 +150,7 @@ class SesSender:
         self._duration_ok = metrics.ses_request_duration.labels("ok")
         self._duration_error = metrics.ses_request_duration.labels("error")
         self._boto_session: boto3.Session | None = None
+        self._client: Any = None  # botocore sesv2 client: endpoint resolution and GetAccount at start only
         self._credentials: Any = None
         self._frozen: Any = None
         self._credentials_checked_at = 0.0
@@ -191,14 +193,22 @@ class SesSender:
             if not region:
                 region = DEFAULT_REGION
                 log.warning("no AWS region configured (ses.region, AWS_REGION, profile); using %s", region)
-            client = session.client("sesv2", region_name=region, endpoint_url=self._endpoint_setting)
+            client = session.client(
+                "sesv2",
+                region_name=region,
+                endpoint_url=self._endpoint_setting,
+                # Used once at start (GetAccount): an unreachable endpoint must not stall start-up.
+                config=botocore.config.Config(
+                    connect_timeout=5, read_timeout=10, retries={"total_max_attempts": 2}
+                ),
+            )
             credentials = session.get_credentials()
         except botocore.exceptions.ProfileNotFound as exc:
             raise StartupError(f"AWS profile not found: {exc.kwargs.get('profile')}") from None
         except botocore.exceptions.BotoCoreError as exc:
             raise StartupError(f"AWS configuration error: {exc}") from None
         self._boto_session = session
-        self._client = client  # kept for the rare control-plane calls (GetAccount), never on the send path
+        self._client = client
         self.region = region
         self.url = client.meta.endpoint_url.rstrip("/") + SEND_EMAIL_PATH
         self._host = _canonical_host(self.url)
