@@ -197,3 +197,28 @@ def test_reputation_guard_pauses_new_mail_after_bounces(moto, relay_factory, fak
     assert b"bounce rate 50.00%" in reply
     assert relay.metric("ses_relay_guard_refusals_total") == 1
     assert relay.metric("ses_relay_reputation_bounce_rate") == 0.5
+
+
+def test_all_metrics_with_feedback_and_guard_pass_promtool(moto, relay_factory, fake_sns):
+    """Every metric family, including the feedback, guard and sync ones, with samples in it."""
+    import subprocess
+
+    from tests.conftest import require_tool
+
+    promtool = require_tool("promtool")
+    relay = relay_factory(moto.endpoint_url, relay_kwargs={"sns_http_get": fake_sns.http_get},
+                          feedback={"sns": {"enabled": True, "topic_arns": [TOPIC_ARN]}},
+                          guard={"enabled": True, "min_sends": 1})
+    assert send(relay, ["bob@example.org"]) == 250
+    assert post_sns(relay, fake_sns.notification(bounce_for("jane@example.org")))[0] == 200
+    assert post_sns(relay, {"Type": "Notification"})[0] == 403
+    with urllib.request.urlopen(relay.http_url + "/metrics", timeout=10) as response:
+        exposition = response.read().decode()
+    for family in ("ses_relay_feedback_events_total", "ses_relay_sns_messages_rejected_total",
+                   "ses_relay_reputation_bounce_rate", "ses_relay_guard_paused", "ses_relay_suppression_entries",
+                   "ses_relay_ses_request_duration_seconds_bucket"):
+        assert family in exposition
+    result = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
