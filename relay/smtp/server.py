@@ -11,7 +11,6 @@ import functools
 import ipaddress
 import logging
 import socket
-from functools import partial
 
 from aiosmtpd.smtp import SMTP
 
@@ -52,8 +51,8 @@ class SmtpServer:
         self._networks = _networks(allowed_networks)
         self._max_connections = max_connections
         self._metrics = metrics
-        too_big = replies.MESSAGE_TOO_BIG.format(limit=max_message_size).encode()
-        self._rewrites = {key: value or too_big for key, value in _REWRITES.items()}
+        self.too_big_reply = replies.MESSAGE_TOO_BIG.format(limit=max_message_size)
+        self._rewrites = {key: value or self.too_big_reply.encode() for key, value in _REWRITES.items()}
         self._smtp_kwargs = dict(
             data_size_limit=max_message_size,
             enable_SMTPUTF8=False,  # SES does not support it; see replies.SMTPUTF8_UNSUPPORTED
@@ -83,7 +82,7 @@ class SmtpServer:
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server = await loop.create_server(
-            partial(self._protocol), host, port, family=family, reuse_address=True, backlog=512
+            self._protocol, host, port, family=family, reuse_address=True, backlog=512
         )
         self._servers.append(server)
         bound = server.sockets[0].getsockname()
@@ -203,7 +202,7 @@ class RelaySMTP(SMTP):
         if too_long:
             await self.push(replies.LINE_TOO_LONG)
         elif too_much:
-            await self.push(self._relay_server._rewrites[b"552 Error: Too much mail data"].decode())
+            await self.push(self._relay_server.too_big_reply)
         else:
             self.envelope.content = self.envelope.original_content = content
             status = await self._call_handler_hook("DATA")
