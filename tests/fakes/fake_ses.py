@@ -451,7 +451,9 @@ class FakeSES:
         raw = await request.read()
         rec: RecordedRequest | None = None
         if self.record:
-            rec = RecordedRequest(request.method, request.path, dict(request.headers), None, None, raw_body=raw)
+            rec = RecordedRequest(
+                request.method, request.path, dict(request.headers), None, None, raw_body=raw
+            )
             with self._lock:
                 self._requests.append(rec)
 
@@ -486,33 +488,11 @@ class FakeSES:
         wait = self.latency
         fault = self._next_fault()
         if fault is not None:
-            if fault.kind == "error":
-                return error(fault.code, fault.message, fault.status)
-            if fault.kind == "http":
-                return answer(
-                    fault.outcome,
-                    web.Response(
-                        status=fault.status, body=fault.body, headers={"Content-Type": fault.content_type}
-                    ),
-                )
-            if fault.kind == "reset":
-                self._abort(request)
-                # aiohttp silently drops the write of this response to the aborted transport.
-                return answer("reset", web.Response())
-            if fault.kind == "hang":
-                if rec is not None:
-                    rec.outcome = "hang"
-                assert self._stopping is not None
-                await self._stopping.wait()
-                self._abort(request)
-                return web.Response()
+            response = await self._apply_fault(fault, request, rec, answer, error)
+            if response is not None:
+                return response
             if fault.kind == "delay":
-                wait = 0.0
-                if await self._wait_or_stop(fault.seconds):
-                    self._abort(request)
-                    return answer("aborted", web.Response())
-            else:  # pragma: no cover - constructors only build the kinds above
-                raise ValueError(f"unknown fault kind {fault.kind!r}")
+                wait = 0.0  # the delay replaced the configured latency
 
         if invalid is not None:
             return error("BadRequestException", invalid)
@@ -546,10 +526,42 @@ class FakeSES:
             op = {"GET": "list", "PUT": "put"}.get(request.method)
             return None if op is None else (op, None)
         prefix = SUPPRESSION_PATH + "/"
-        if raw_path.startswith(prefix) and len(raw_path) > len(prefix) and "/" not in raw_path[len(prefix):]:
+        if raw_path.startswith(prefix) and len(raw_path) > len(prefix) and "/" not in raw_path[len(prefix) :]:
             op = {"GET": "get", "DELETE": "delete"}.get(request.method)
-            return None if op is None else (op, unquote(raw_path[len(prefix):]))
+            return None if op is None else (op, unquote(raw_path[len(prefix) :]))
         return None
+
+    async def _apply_fault(
+        self,
+        fault: Fault,
+        request: web.Request,
+        rec: RecordedRequest | None,
+        answer: Callable[[str, web.StreamResponse], web.StreamResponse],
+        error: Callable[..., web.StreamResponse],
+    ) -> web.StreamResponse | None:
+        """The response a scripted fault gives, or None when the request should go on (a delay)."""
+        if fault.kind == "error":
+            return error(fault.code, fault.message, fault.status)
+        if fault.kind == "http":
+            headers = {"Content-Type": fault.content_type}
+            return answer(fault.outcome, web.Response(status=fault.status, body=fault.body, headers=headers))
+        if fault.kind == "reset":
+            self._abort(request)
+            # aiohttp silently drops the write of this response to the aborted transport.
+            return answer("reset", web.Response())
+        if fault.kind == "hang":
+            if rec is not None:
+                rec.outcome = "hang"
+            assert self._stopping is not None
+            await self._stopping.wait()
+            self._abort(request)
+            return web.Response()
+        if fault.kind == "delay":
+            if await self._wait_or_stop(fault.seconds):
+                self._abort(request)
+                return answer("aborted", web.Response())
+            return None
+        raise ValueError(f"unknown fault kind {fault.kind!r}")  # pragma: no cover
 
     async def _handle_suppression(
         self,
@@ -580,28 +592,9 @@ class FakeSES:
 
         fault = self._next_fault()
         if fault is not None:
-            if fault.kind == "error":
-                return error(fault.code, fault.message, fault.status)
-            if fault.kind == "http":
-                return answer(
-                    fault.outcome,
-                    web.Response(
-                        status=fault.status, body=fault.body, headers={"Content-Type": fault.content_type}
-                    ),
-                )
-            if fault.kind == "reset":
-                self._abort(request)
-                return answer("reset", web.Response())
-            if fault.kind == "hang":
-                if rec is not None:
-                    rec.outcome = "hang"
-                assert self._stopping is not None
-                await self._stopping.wait()
-                self._abort(request)
-                return web.Response()
-            if fault.kind == "delay" and await self._wait_or_stop(fault.seconds):
-                self._abort(request)
-                return answer("aborted", web.Response())
+            response = await self._apply_fault(fault, request, rec, answer, error)
+            if response is not None:
+                return response
 
         if invalid is not None:
             return error("BadRequestException", invalid)
@@ -629,7 +622,9 @@ class FakeSES:
                 if found is not None and op == "delete":
                     del self.suppressed[address]
             if found is None:
-                return error("NotFoundException", f"Email address {address} does not exist on your suppression list.")
+                return error(
+                    "NotFoundException", f"Email address {address} does not exist on your suppression list."
+                )
             if op == "delete":
                 return ok({})
             reason, stamp = found
@@ -683,9 +678,7 @@ class FakeSES:
             matching = [
                 (address, reason, stamp)
                 for address, (reason, stamp) in sorted(self.suppressed.items())
-                if reason in reasons
-                and (start is None or stamp >= start)
-                and (end is None or stamp <= end)
+                if reason in reasons and (start is None or stamp >= start) and (end is None or stamp <= end)
             ]
         page = matching[offset : offset + size]
         payload: dict[str, Any] = {
