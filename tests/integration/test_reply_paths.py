@@ -68,3 +68,20 @@ def test_idle_session_is_told_421_at_shutdown(fake_ses, relay_factory):
         assert stream.readline() == b""  # and the connection is closed
     relay.thread.join(30)
     assert not relay.thread.is_alive()
+
+
+def test_dry_run_that_cannot_save_answers_451_not_250(relay_factory):
+    """In dry-run mode a 250 means "on disk": a failed write must keep the mail at the client."""
+    import shutil
+
+    relay = relay_factory(None, ses={"dry_run": True})
+    directory = relay.config.dry_run_dir
+    shutil.rmtree(directory)
+    directory.write_text("not a directory any more")
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+        client.ehlo()
+        client.mail("alice@example.com")
+        client.rcpt("bob@example.org")
+        code, reply = client.data(MESSAGE)
+    assert code == 451 and reply.startswith(b"4.3.0 Dry run: cannot save the message")
+    assert relay.metric("ses_relay_smtp_transactions_total", {"result": "2xx"}) == 0
