@@ -54,8 +54,9 @@ def build_sender(config: Config, metrics: RelayMetrics) -> Sender:
     )
 
 
-def build_store(config: Config) -> SuppressionStore:
-    """The configured store, not yet opened."""
+def build_store(config: Config, *, serving: bool = False) -> SuppressionStore:
+    """The configured store, not yet opened. Only the server caches lookups (suppression.cache_entries):
+    a CLI command is short-lived and must read what is on disk."""
     settings = config.suppression
     return create_store(
         settings.backend,
@@ -63,11 +64,12 @@ def build_store(config: Config) -> SuppressionStore:
         dynamodb_table=settings.dynamodb.table,
         dynamodb_region=settings.dynamodb.region or config.ses.region,
         dynamodb_endpoint_url=settings.dynamodb.endpoint_url,
+        cache_entries=settings.cache_entries if serving else 0,
     )
 
 
-async def open_store(config: Config) -> SuppressionStore:
-    store = build_store(config)
+async def open_store(config: Config, *, serving: bool = False) -> SuppressionStore:
+    store = build_store(config, serving=serving)
     try:
         await store.open()
     except StoreError as exc:
@@ -124,7 +126,7 @@ class Relay:
     async def start(self) -> None:
         config = self.config
         try:
-            self._store = await open_store(config)
+            self._store = await open_store(config, serving=True)
             guard = ReputationGuard(
                 self.metrics,
                 enabled=config.guard.enabled,

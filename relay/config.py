@@ -138,6 +138,10 @@ class SuppressionConfig(_Section):
     # Seconds between pulls of the SES account-level suppression list while serving; None: never
     # (run `ses-relay suppression sync` yourself). Each pull pages at 1 request/s.
     ses_sync_interval: float | None = Field(None, ge=60)
+    # sqlite only: lookup answers kept in memory, so a repeat recipient costs no trip to the sqlite
+    # thread. Writes by this process are seen at once, by another process (the CLI) within 0.25 s.
+    # 0: every RCPT reads sqlite.
+    cache_entries: int = Field(10_000, ge=0)
 
 
 class SnsFeedbackConfig(_Section):

@@ -22,11 +22,12 @@ def create_store(
     dynamodb_table: str | None = None,
     dynamodb_region: str | None = None,
     dynamodb_endpoint_url: str | None = None,
+    cache_entries: int = 0,
 ) -> SuppressionStore:
     """Build (but do not open) the store.
 
     Raises StoreError for an unknown backend, or when sqlite lacks a path or dynamodb a table.
-    The dynamodb_* options are ignored by the other backends.
+    The dynamodb_* options are ignored by the other backends; cache_entries is sqlite's only.
     """
     target = BACKENDS.get(backend)
     if target is None:
@@ -38,7 +39,7 @@ def create_store(
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     if backend == "sqlite":
-        return cls(path)
+        return cls(path, cache_entries=cache_entries)
     if backend == "dynamodb":
         return cls(dynamodb_table, region=dynamodb_region, endpoint_url=dynamodb_endpoint_url)
     return cls()

@@ -2,11 +2,20 @@
 
 All sqlite calls run on one dedicated worker thread that owns the only connection, so the
 event loop never blocks on disk I/O and the connection is never used from two threads.
+
+The hop to that thread costs ~30x the lookup itself, so the server keeps recent answers (suppressed
+or not) in a bounded in-memory cache, answered on the loop without touching sqlite:
+- writes through this store empty the cache (before and after the write, so no read that raced the
+  write is kept);
+- writes by another process (the CLI, a second relay on the same file) change sqlite's
+  `PRAGMA data_version`, which the worker checks every CACHE_CHECK_SECONDS while the cache holds
+  anything, and which every cache miss reads along with its row: a change empties the cache.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +31,9 @@ SCHEMA_VERSION = 1  # PRAGMA user_version; bump and migrate in _create_or_migrat
 BUSY_TIMEOUT_MS = 5000  # the CLI may write while the server does
 PUT_CHUNK = 10_000  # rows per executemany: fast, bounded memory
 PAGE_SIZE = 1000  # rows per fetch in iter_entries
+# A write by another process is seen by lookups within this many seconds (this process's own
+# writes at once).
+CACHE_CHECK_SECONDS = 0.25
 
 _COLUMNS = "key, address, reason, source, created_at, feedback_id, detail"
 _CREATE = """
@@ -67,11 +79,17 @@ def _one_line(exc: BaseException) -> str:
 
 
 class SqliteStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, cache_entries: int = 0) -> None:
+        """cache_entries: how many lookup answers to keep in memory (0: every lookup reads sqlite)."""
         self._path = Path(path)
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # touched only on the worker thread
         self._open = False
+        self._cache_entries = cache_entries
+        self._cache: dict[str, SuppressionEntry | None] = {}  # key -> answer, oldest first
+        self._generation = 0  # bumped by this store's own writes
+        self._data_version = 0  # sqlite's counter of commits by other connections, last seen
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def path(self) -> Path:
@@ -91,10 +109,18 @@ class SqliteStore:
             raise
         self._executor = executor
         self._open = True
+        self._data_version = 0  # counted per connection: a new one starts again
+        self._forget()
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
         self._open = False
+        self._forget()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and not watcher.done():
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         if executor is None:
             return
         try:
@@ -177,17 +203,75 @@ class SqliteStore:
             raise self._fail("store is not open")
         return self._conn
 
+    # --- lookup cache ----------------------------------------------------------------------
+
+    def _forget(self) -> None:
+        """Empty the cache and make every read still in flight too old to be cached."""
+        self._cache.clear()
+        self._generation += 1
+
+    def _saw_data_version(self, version: int) -> bool:
+        """Record sqlite's data_version as read on the worker; False when that read is out of date."""
+        if version > self._data_version:
+            self._data_version = version
+            self._forget()
+            return True
+        return version == self._data_version
+
+    async def _watch_other_writers(self) -> None:
+        # Runs while the cache holds anything (get() restarts it); a miss reads data_version anyway.
+        while self._cache:
+            await asyncio.sleep(CACHE_CHECK_SECONDS)
+            if not self._cache:
+                return
+            try:
+                self._saw_data_version(await self._run(self._data_version_sync))
+            except StoreError:
+                self._forget()  # cannot tell what changed: trust nothing cached
+
+    def _data_version_sync(self) -> int:
+        return int(self._db().execute("PRAGMA data_version").fetchone()[0])
+
+    async def _writing(self, fn: Callable[..., T], *args: Any) -> T:
+        self._forget()
+        try:
+            return await self._run(fn, *args)
+        finally:
+            self._forget()
+
     # --- operations (the *_sync methods run on the worker thread) -------------------------
 
     async def get(self, address: str) -> SuppressionEntry | None:
-        return await self._run(self._get_sync, address_key(address))
+        key = address_key(address)
+        if not self._cache_entries:
+            entry, _version = await self._run(self._get_sync, key)
+            return entry
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        generation = self._generation
+        entry, version = await self._run(self._get_sync, key)
+        if self._saw_data_version(version) and generation == self._generation:
+            # (a new data_version emptied the cache and bumped the generation: this read is the
+            # first of the new version, but stays uncached; the next miss caches normally)
+            if len(self._cache) >= self._cache_entries:
+                del self._cache[next(iter(self._cache))]
+            self._cache[key] = entry
+            if self._watcher is None or self._watcher.done():  # started here: on the loop that uses it
+                self._watcher = asyncio.create_task(self._watch_other_writers(), name="suppression-cache")
+        return entry
 
-    def _get_sync(self, key: str) -> SuppressionEntry | None:
-        row = self._db().execute(f"SELECT {_COLUMNS} FROM suppression WHERE key = ?", (key,)).fetchone()
-        return None if row is None else _entry(row)
+    def _get_sync(self, key: str) -> tuple[SuppressionEntry | None, int]:
+        db = self._db()
+        # data_version first: a commit landing between the two statements then shows up as a newer
+        # version at the next check, never as a stale row filed under the new version.
+        version = db.execute("PRAGMA data_version").fetchone()[0] if self._cache_entries else 0
+        row = db.execute(f"SELECT {_COLUMNS} FROM suppression WHERE key = ?", (key,)).fetchone()
+        return (None if row is None else _entry(row)), version
 
     async def put(self, entry: SuppressionEntry) -> None:
-        await self._run(self._put_sync, _row(entry))
+        await self._writing(self._put_sync, _row(entry))
 
     def _put_sync(self, row: tuple[Any, ...]) -> None:
         self._db().execute(_UPSERT, row)
@@ -197,7 +281,7 @@ class SqliteStore:
 
         The iterable is consumed on the worker thread, chunk by chunk, so it is never materialised.
         """
-        return await self._run(self._put_many_sync, entries)
+        return await self._writing(self._put_many_sync, entries)
 
     def _put_many_sync(self, entries: Iterable[SuppressionEntry]) -> int:
         conn = self._db()
@@ -216,7 +300,7 @@ class SqliteStore:
         return total
 
     async def delete(self, address: str) -> bool:
-        return await self._run(self._delete_sync, address_key(address))
+        return await self._writing(self._delete_sync, address_key(address))
 
     def _delete_sync(self, key: str) -> bool:
         return self._db().execute("DELETE FROM suppression WHERE key = ?", (key,)).rowcount > 0

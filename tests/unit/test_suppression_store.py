@@ -50,10 +50,15 @@ def make(backend: str, path: Path, endpoint_url: str | None = None, table: str =
         return MemoryStore()
     if backend == "dynamodb":
         return DynamoDbStore(table, region=REGION, endpoint_url=endpoint_url)
+    if backend == "sqlite-cached":
+        return SqliteStore(path / "suppression.db", cache_entries=CACHE_ENTRIES)
     return SqliteStore(path / "suppression.db")
 
 
-@pytest.fixture(params=["memory", "sqlite", "dynamodb"])
+CACHE_ENTRIES = 4  # small, so the tests also run past the bound
+
+
+@pytest.fixture(params=["memory", "sqlite", "sqlite-cached", "dynamodb"])
 def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], SuppressionStore]]:
     """A factory of unopened stores (sharing one list); whatever it built is closed at teardown.
 
@@ -617,6 +622,91 @@ def test_dynamodb_blank_address(ddb: Callable[..., DynamoDbStore]) -> None:
     assert run(s.delete("  ")) is False
 
 
+# --- sqlite lookup cache ------------------------------------------------------------------------
+
+
+def trace_selects(store: SqliteStore) -> list[str]:
+    """Every SELECT on the suppression table that sqlite runs for this store, from now on."""
+    statements: list[str] = []
+
+    def install() -> None:
+        store._db().set_trace_callback(
+            lambda sql: statements.append(sql) if "FROM suppression WHERE key" in sql else None
+        )
+
+    run(store._run(install))
+    return statements
+
+
+def test_sqlite_cache_answers_repeat_lookups_without_sqlite(db_path: Path) -> None:
+    store = SqliteStore(db_path, cache_entries=100)
+    run(store.open())
+    try:
+        run(store.put(entry("gone@example.com")))
+        selects = trace_selects(store)
+
+        async def lookups() -> list[SuppressionEntry | None]:
+            return [await store.get(a) for a in ["a@example.com", "GONE@example.com", "b@example.com"] * 3]
+
+        answers = run(lookups())
+        assert [a is not None for a in answers] == [False, True, False] * 3
+        # The first lookup after open reads sqlite's data_version for the first time and is not cached.
+        assert len(selects) == 4, selects
+    finally:
+        run(store.close())
+
+
+def test_sqlite_cache_sees_writes_by_another_connection(db_path: Path) -> None:
+    """The CLI or a second relay writes through its own connection: the cache must not hide it."""
+    store = SqliteStore(db_path, cache_entries=100)
+
+    async def scenario() -> tuple[SuppressionEntry | None, SuppressionEntry | None]:
+        await store.open()
+        try:
+            for _ in range(3):  # cached as "not suppressed"
+                assert await store.get("x@example.com") is None
+            with closing(sqlite3.connect(db_path, isolation_level=None)) as other:
+                other.execute(
+                    "INSERT INTO suppression (key, address, reason, source, created_at) "
+                    "VALUES ('x@example.com', 'x@example.com', 'MANUAL', 'cli', 1.0)"
+                )
+                added = await eventually(store, "x@example.com", present=True)
+                other.execute("DELETE FROM suppression WHERE key = 'x@example.com'")
+                removed = await eventually(store, "x@example.com", present=False)
+            return added, removed
+        finally:
+            await store.close()
+
+    added, removed = run(scenario())
+    assert added is not None and added.reason is Reason.MANUAL and added.source == "cli"
+    assert removed is None
+
+
+async def eventually(store: SqliteStore, address: str, *, present: bool) -> SuppressionEntry | None:
+    deadline = asyncio.get_running_loop().time() + 5.0  # CACHE_CHECK_SECONDS is 0.25
+    while True:
+        found = await store.get(address)
+        if (found is not None) == present or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.01)
+
+
+def test_sqlite_cache_is_bounded(db_path: Path) -> None:
+    store = SqliteStore(db_path, cache_entries=CACHE_ENTRIES)
+    run(store.open())
+    try:
+
+        async def lookups() -> None:
+            for i in range(CACHE_ENTRIES * 5):
+                assert await store.get(f"r{i}@example.com") is None
+                assert len(store._cache) <= CACHE_ENTRIES
+
+        run(lookups())
+        assert len(store._cache) == CACHE_ENTRIES
+    finally:
+        run(store.close())
+
+
 # --- property: behaves like a dict keyed by address_key ----------------------------------------
 
 CASE_VARIANTS = [str, str.upper, str.lower, str.swapcase, lambda s: f"  {s}\t"]
@@ -650,7 +740,7 @@ async def behaves_like_a_dict(
     assert await collect(store) == [model[k] for k in sorted(model)]
 
 
-@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "sqlite-cached"])
 @settings(max_examples=60, deadline=None)
 @given(pool=st.lists(st.text(max_size=12), min_size=8, max_size=8), ops=operations)
 def test_store_behaves_like_a_dict(
