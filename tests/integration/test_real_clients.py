@@ -12,7 +12,6 @@ directory; the system instance is neither used nor touched) whose relayhost is t
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -27,7 +26,8 @@ import pytest
 
 from relay.ses import errors
 from relay.suppression.base import Reason, SuppressionEntry
-from tests.conftest import free_port, require_tool, wait_for_port
+from tests.clients.postfix import PostfixInstance
+from tests.conftest import free_port, require_tool
 from tests.fakes.fake_ses import FakeSES, Fault, RecordedRequest
 
 pytestmark = pytest.mark.client
@@ -247,111 +247,34 @@ def test_phpmailer_suppressed_recipient_fails_with_550(fake_ses, relay_factory):
 
 # -------------------------------------------------------------------------------------------- Postfix
 
-POSTFIX_SERVICES = """\
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
+class PrivatePostfix(PostfixInstance):
+    """The shared private Postfix (tests/clients/postfix.py) as a client: its relayhost is the relay.
 
-
-class PrivatePostfix:
-    """A Postfix instance of its own: config, queue, data and log under one temporary directory.
-
-    The directory is made with tempfile, not pytest's tmp_path: Postfix's daemons run as the
+    Its directory is made with tempfile, not pytest's tmp_path: Postfix's daemons run as the
     `postfix` user and must reach the queue, and pytest's base directory is mode 0700. It is short
     too, which keeps the UNIX socket paths under the queue well below the 108-byte limit.
     """
 
     def __init__(self, relay_port: int) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="ses-relay-pf-", dir="/tmp"))
-        self.root.chmod(0o755)
-        self.config_dir = self.root / "etc"
-        self.queue_dir = self.root / "queue"
-        self.data_dir = self.root / "data"
-        self.maillog = self.root / "maillog"
-        self.smtpd_port = free_port()
-        self.relay_port = relay_port
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def configure(self) -> None:
-        for directory in (self.config_dir, self.queue_dir, self.data_dir):
-            directory.mkdir()
-        shutil.chown(self.data_dir, user="postfix")
-        settings = {
-            "compatibility_level": "3.6",
-            "config_directory": str(self.config_dir),
-            "queue_directory": str(self.queue_dir),
-            "data_directory": str(self.data_dir),
-            "multi_instance_name": f"postfix-sesrelay-{self.root.name}",
-            "syslog_name": f"postfix-sesrelay-{self.root.name}",
-            "maillog_file": str(self.maillog),  # no syslog needed: postlogd writes here
-            "maillog_file_prefixes": str(self.root),
+        root = Path(tempfile.mkdtemp(prefix="ses-relay-pf-", dir="/tmp"))
+        root.chmod(0o755)
+        super().__init__(root, free_port(), {
+            "multi_instance_name": f"postfix-sesrelay-{root.name}",
+            "syslog_name": f"postfix-sesrelay-{root.name}",
             "myhostname": "postfix.test",
             "mydomain": "postfix.test",
             "myorigin": "$mydomain",
-            "mydestination": "",
             "local_transport": "error:local delivery is disabled",
-            "alias_maps": "",
-            "alias_database": "",
-            "inet_interfaces": "127.0.0.1",
-            "inet_protocols": "ipv4",
-            "mynetworks": "127.0.0.0/8",
-            "relayhost": f"[127.0.0.1]:{self.relay_port}",
+            "relayhost": f"[127.0.0.1]:{relay_port}",
             "smtp_tls_security_level": "none",
             "smtpd_tls_security_level": "none",
-            "biff": "no",
-        }
-        (self.config_dir / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
-        (self.config_dir / "master.cf").write_text(
-            f"127.0.0.1:{self.smtpd_port} inet n - n - - smtpd\n" + POSTFIX_SERVICES)
-
-    def command(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run([*args[:1], "-c", str(self.config_dir), *args[1:]])
-
-    def start(self) -> None:
-        require_tool("postfix")
-        self.configure()
-        check = self.command("postfix", "check")
-        assert check.returncode == 0, check.stdout + self.log()
-        # start-fg keeps master as our child: it is stopped with `postfix stop` and reaped by us.
-        self.process = subprocess.Popen(["postfix", "-c", str(self.config_dir), "start-fg"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_for_port(self.smtpd_port)
-        except TimeoutError as exc:
-            raise AssertionError(f"private Postfix did not start:\n{self.log()}") from exc
+        })
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.command("postfix", "stop")
-            try:
-                self.process.wait(timeout=PROCESS_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=PROCESS_TIMEOUT)
-            self.process = None
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def log(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.maillog.read_text(errors="replace")
-        return "(no maillog)"
+        try:
+            super().stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def queue_listing(self) -> str:
         result = self.command("postqueue", "-p")
@@ -363,7 +286,7 @@ class PrivatePostfix:
         assert result.returncode == 0, result.stdout
 
     def submit(self, sender: str, recipients: list[str], message: bytes) -> None:
-        with smtplib.SMTP("127.0.0.1", self.smtpd_port, local_hostname="client.test", timeout=30) as client:
+        with smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=30) as client:
             refused = client.sendmail(sender, recipients, message)
         assert refused == {}
 
