@@ -1,0 +1,336 @@
+"""The SQS feedback poller under faults: a failing ReceiveMessage is counted and retried after a back-off,
+never in a tight loop, and polling recovers on its own; a failing DeleteMessage after the event is stored
+loses nothing: the message comes back after its visibility timeout and is applied again, idempotently.
+
+Faults are real: moto's own QueueDoesNotExist error, or answers injected by a small HTTP proxy on 127.0.0.1
+that sits between the relay's boto3 SQS client and moto's server, forwards everything else untouched and
+counts every SQS operation it sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import smtplib
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import boto3
+import pytest
+
+import relay.feedback.sqs as sqs_module
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "ses"
+RECEIVE_ERRORS = ("ses_relay_sqs_errors_total", {"kind": "receive"})
+DELETE_ERRORS = ("ses_relay_sqs_errors_total", {"kind": "delete"})
+SQS_BOUNCES = (
+    "ses_relay_feedback_events_total",
+    {"type": "Bounce", "subtype": "Permanent/General", "source": "sqs"},
+)
+# With the back-off shortened to this, a poller that backs off makes a handful of receive calls in
+# SPIN_WINDOW seconds; one that retries at once makes hundreds against a server on 127.0.0.1.
+TEST_BACKOFF_SECONDS = 0.2
+SPIN_WINDOW = 1.5
+MAX_RECEIVES_IN_WINDOW = 20
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "content-length",
+    "upgrade",
+}
+
+
+class SqsFaultProxy:
+    """Forwards SQS requests to moto; answers chosen operations with an AWS-style error instead.
+
+    The operation comes from ``X-Amz-Target: AmazonSQS.<Operation>`` (JSON protocol, botocore's current
+    one) or the ``Action=<Operation>`` form field (query protocol); the error answer uses the same protocol.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._lock = threading.Lock()
+        self._faults: dict[str, tuple[int, str, str]] = {}
+        self._seen: Counter[tuple[str, str]] = Counter()  # (operation, "forwarded" | "failed") -> n
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # http.server names it so
+                proxy._handle(self)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="sqs-fault-proxy", daemon=True
+        )
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def fail(self, operation: str, status: int, code: str, message: str) -> None:
+        with self._lock:
+            self._faults[operation] = (status, code, message)
+
+    def heal(self, operation: str) -> None:
+        with self._lock:
+            self._faults.pop(operation, None)
+
+    def count(self, operation: str, outcome: str | None = None) -> int:
+        with self._lock:
+            return sum(n for (op, out), n in self._seen.items() if op == operation and outcome in (None, out))
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        target = handler.headers.get("X-Amz-Target")
+        if target:
+            operation = target.rpartition(".")[2]
+        else:
+            operation = parse_qs(body.decode("utf-8", "replace")).get("Action", [""])[0]
+        with self._lock:
+            fault = self._faults.get(operation)
+            self._seen[(operation, "failed" if fault else "forwarded")] += 1
+        if fault is not None:
+            status, code, message = fault
+            if target:
+                payload = json.dumps(
+                    {"__type": f"com.amazon.coral.service#{code}", "message": message}
+                ).encode()
+                content_type = "application/x-amz-json-1.0"
+            else:
+                payload = (
+                    f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message>"
+                    f"</Error><RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
+                ).encode()
+                content_type = "text/xml"
+            self._reply(handler, status, [("Content-Type", content_type)], payload)
+            return
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP_BY_HOP}
+        upstream = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=30)
+        with contextlib.closing(upstream):
+            upstream.request("POST", handler.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            payload = response.read()
+            forwarded = [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP]
+            self._reply(handler, response.status, forwarded, payload)
+
+    @staticmethod
+    def _reply(
+        handler: BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]], payload: bytes
+    ) -> None:
+        handler.send_response(status)
+        for key, value in headers:
+            if key.lower() not in ("server", "date"):
+                handler.send_header(key, value)
+        handler.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.wfile.write(payload)
+
+    def __enter__(self) -> SqsFaultProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def sqs_proxy(moto) -> Iterator[SqsFaultProxy]:
+    # Requested before relay_factory in each test, so the relay stops before the proxy does.
+    with SqsFaultProxy(moto.port) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shorten the receive back-off so recovery is quick; the poller reads the constant on each failure."""
+    monkeypatch.setattr(sqs_module, "ERROR_BACKOFF_SECONDS", TEST_BACKOFF_SECONDS)
+
+
+def sqs_client(moto):
+    """A client for the test's own calls: straight to moto, not through the proxy."""
+    return boto3.client(
+        "sqs",
+        region_name="us-east-1",
+        endpoint_url=moto.endpoint_url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def bounce_envelope(address: str) -> str:
+    """A permanent bounce as SNS delivers it to SQS (the SNS envelope around the SES JSON)."""
+    event = json.loads((FIXTURES / "bounce_permanent_notification.json").read_text())
+    event["bounce"]["bouncedRecipients"] = [
+        {"emailAddress": address, "action": "failed", "status": "5.1.1", "diagnosticCode": "smtp; 550 5.1.1"}
+    ]
+    return json.dumps({"Type": "Notification", "MessageId": str(uuid.uuid4()), "Message": json.dumps(event)})
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def metric(relay, sample: tuple[str, dict[str, str]]) -> float:
+    return relay.metric(*sample)
+
+
+def poller_alive(relay) -> bool:
+    async def alive() -> bool:
+        poller = relay.relay._sqs
+        return poller is not None and poller._task is not None and not poller._task.done()
+
+    return relay.call(alive())
+
+
+def messages_in_queue(sqs, queue_url: str) -> int:
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def rcpt_code(relay, address: str) -> int:
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+        client.ehlo()
+        client.mail("alice@example.com")
+        code = client.rcpt(address)[0]
+        client.rset()
+        return code
+
+
+def start_poller_relay(relay_factory, moto, proxy: SqsFaultProxy, queue_url: str):
+    return relay_factory(
+        moto.endpoint_url,
+        feedback={"sqs": {"queue_url": queue_url, "endpoint_url": proxy.endpoint_url, "wait_time": 1}},
+    )
+
+
+def assert_backs_off_then_recovers(relay, sqs, proxy: SqsFaultProxy, recover: Callable[[], str]) -> None:
+    """Shared by the receive-fault tests; ``recover`` lifts the fault and returns the working queue URL."""
+    # Failing receives are counted, and the poller keeps trying (the count keeps growing).
+    assert wait_until(lambda: metric(relay, RECEIVE_ERRORS) >= 3)
+    assert relay.relay._sqs.polls == 0
+    assert poller_alive(relay)
+    # ... but not in a tight loop: only a handful of attempts reach the server in a fixed window.
+    before = proxy.count("ReceiveMessage")
+    time.sleep(SPIN_WINDOW)
+    attempts = proxy.count("ReceiveMessage") - before
+    assert attempts <= MAX_RECEIVES_IN_WINDOW, (
+        f"{attempts} receive attempts in {SPIN_WINDOW}s: not backing off"
+    )
+    counted = metric(relay, RECEIVE_ERRORS)  # read first: every counted error was a request the server saw
+    assert proxy.count("ReceiveMessage") >= counted
+
+    queue_url = recover()
+    sqs.send_message(QueueUrl=queue_url, MessageBody=bounce_envelope("jane@example.org"))
+    assert wait_until(lambda: relay.call(relay.store.get("jane@example.org")) is not None)
+    entry = relay.call(relay.store.get("jane@example.org"))
+    assert (entry.reason.value, entry.source) == ("BOUNCE", "sqs")
+    assert rcpt_code(relay, "jane@example.org") == 550
+    # Really recovered: receives succeed again, the message is deleted, no new receive errors.
+    errors_after_recovery = metric(relay, RECEIVE_ERRORS)
+    polls = relay.relay._sqs.polls
+    assert wait_until(lambda: relay.relay._sqs.polls >= polls + 2)
+    assert wait_until(lambda: messages_in_queue(sqs, queue_url) == 0)
+    assert metric(relay, RECEIVE_ERRORS) == errors_after_recovery
+    assert metric(relay, DELETE_ERRORS) == 0
+    assert poller_alive(relay)
+
+
+def test_receive_from_a_missing_queue_backs_off_and_recovers_once_it_exists(
+    moto, sqs_proxy, fast_backoff, relay_factory
+):
+    sqs = sqs_client(moto)
+    # Not created yet: moto answers ReceiveMessage with its real QueueDoesNotExist error.
+    queue_url = f"{moto.endpoint_url}/123456789012/ses-feedback-late"
+    relay = start_poller_relay(relay_factory, moto, sqs_proxy, queue_url)
+
+    def create_queue() -> str:
+        created = sqs.create_queue(QueueName="ses-feedback-late", Attributes={"VisibilityTimeout": "1"})
+        assert created["QueueUrl"] == queue_url  # the URL the relay was configured with now resolves
+        return queue_url
+
+    assert_backs_off_then_recovers(relay, sqs, sqs_proxy, create_queue)
+    assert sqs_proxy.count("ReceiveMessage", "failed") == 0  # every failure above was moto's own answer
+
+
+def test_receive_answered_500_backs_off_and_recovers(
+    moto, sqs_proxy, fast_backoff, relay_factory, monkeypatch
+):
+    # One HTTP attempt per receive call, so each injected 500 is one poller-level failure (botocore would
+    # otherwise retry a 500 up to four times, with its own sleeps, inside a single receive call).
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    sqs = sqs_client(moto)
+    queue_url = sqs.create_queue(QueueName="ses-feedback", Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
+    sqs_proxy.fail("ReceiveMessage", 500, "InternalFailure", "We encountered an internal error.")
+    relay = start_poller_relay(relay_factory, moto, sqs_proxy, queue_url)
+
+    def heal() -> str:
+        sqs_proxy.heal("ReceiveMessage")
+        return queue_url
+
+    assert_backs_off_then_recovers(relay, sqs, sqs_proxy, heal)
+    assert sqs_proxy.count("ReceiveMessage", "failed") >= 3
+
+
+def test_failed_delete_keeps_the_event_and_the_message_is_applied_again(moto, sqs_proxy, relay_factory):
+    sqs = sqs_client(moto)
+    queue_url = sqs.create_queue(QueueName="ses-feedback", Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
+    # As an IAM policy without sqs:DeleteMessage answers (not retried by botocore).
+    sqs_proxy.fail("DeleteMessage", 403, "AccessDenied", "Access to the resource is denied.")
+    relay = start_poller_relay(relay_factory, moto, sqs_proxy, queue_url)
+    sqs.send_message(QueueUrl=queue_url, MessageBody=bounce_envelope("jane@example.org"))
+
+    # The delete failed after the store write: the event is stored, the failure counted.
+    assert wait_until(lambda: metric(relay, DELETE_ERRORS) >= 1)
+    entry = relay.call(relay.store.get("jane@example.org"))
+    assert entry is not None and (entry.reason.value, entry.source) == ("BOUNCE", "sqs")
+    assert rcpt_code(relay, "jane@example.org") == 550
+    assert sqs_proxy.count("DeleteMessage", "failed") >= 1
+    # Not lost: still in the queue (in flight or visible again), and redelivered after the visibility
+    # timeout, applied a second time and the delete tried again.
+    assert messages_in_queue(sqs, queue_url) == 1
+    assert wait_until(lambda: metric(relay, SQS_BOUNCES) >= 2 and metric(relay, DELETE_ERRORS) >= 2)
+    # Applying it again changed nothing: one entry, the same one.
+    assert relay.call(relay.store.count()) == 1
+    again = relay.call(relay.store.get("jane@example.org"))
+    assert (again.address, again.reason, again.source, again.feedback_id) == (
+        entry.address,
+        entry.reason,
+        entry.source,
+        entry.feedback_id,
+    )
+    assert poller_alive(relay)
+
+    # Once deletes work again, the next redelivery is deleted for good.
+    sqs_proxy.heal("DeleteMessage")
+    assert wait_until(lambda: messages_in_queue(sqs, queue_url) == 0)
+    assert sqs_proxy.count("DeleteMessage", "forwarded") >= 1
+    assert relay.call(relay.store.count()) == 1
+    assert metric(relay, RECEIVE_ERRORS) == 0
+    assert poller_alive(relay)
