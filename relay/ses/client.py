@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import json
 import logging
 import time
@@ -23,8 +24,7 @@ import aiohttp
 import boto3
 import botocore.config
 import botocore.exceptions
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
+from botocore.auth import SIGNED_HEADERS_BLACKLIST, SigV4Auth
 
 from relay.metrics import RelayMetrics
 from relay.sending import OutgoingMessage, SendError, StartupError
@@ -112,6 +112,61 @@ async def _stream(body: RequestBody) -> AsyncIterator[bytes]:
         yield chunk
 
 
+class _Request:
+    """What SigV4Auth reads and writes of a request, without AWSRequest's email.message-based headers
+    (which were most of the ~80-350 us botocore spent signing each send)."""
+
+    __slots__ = ("method", "url", "body", "params", "context", "headers")
+
+    def __init__(self, url: str, body: bytes, headers: dict[str, str]) -> None:
+        self.method = "POST"
+        self.url = url
+        self.body = body
+        self.params: dict[str, str] = {}
+        self.context: dict[str, Any] = {}
+        self.headers = headers  # botocore looks headers up by their canonical spelling, as we write them
+
+
+class _HeadersToSign(dict[str, str]):
+    def get_all(self, name: str) -> list[str]:
+        return [self[name]]
+
+
+class _SigV4(SigV4Auth):
+    """botocore's SigV4 signer with two per-request costs hoisted; the canonical request, string to
+    sign and signature are still botocore's (a test checks the result against stock SigV4Auth).
+
+    - headers_to_sign: a dict instead of an email.message (every header name here is unique);
+    - signature: the signing key depends only on the secret, the day, region and service, so it is
+      derived once a day instead of with four HMACs per request.
+    """
+
+    _key_scope: tuple[str, str, str, str] | None = None
+    _key = b""
+
+    def headers_to_sign(self, request: Any) -> _HeadersToSign:
+        signed = _HeadersToSign()
+        for name, value in request.headers.items():
+            lower = name.lower()
+            if lower not in SIGNED_HEADERS_BLACKLIST:
+                signed[lower] = value
+        return signed
+
+    def signature(self, string_to_sign: str, request: Any) -> str:
+        scope = (
+            self.credentials.secret_key,
+            request.context["timestamp"][0:8],
+            self._region_name,
+            self._service_name,
+        )
+        if scope != self._key_scope:
+            key = f"AWS4{scope[0]}".encode()
+            for part in (*scope[1:], "aws4_request"):
+                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            self._key_scope, self._key = scope, key
+        return hmac.new(self._key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+
 def _error_code(headers: Any, body: dict[str, Any]) -> str:
     code = headers.get("x-amzn-ErrorType") or body.get("__type") or body.get("code") or body.get("Code") or ""
     # "MessageRejected:http://internal.amazon.com/..." or "com.amazonaws...#MessageRejected"
@@ -153,6 +208,7 @@ class SesSender:
         self._client: Any = None  # botocore sesv2 client: endpoint resolution and GetAccount at start only
         self._credentials: Any = None
         self._frozen: Any = None
+        self._signer: _SigV4 | None = None  # one per frozen credentials: it caches the signing key
         self._credentials_checked_at = 0.0
         self._credentials_lock = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
@@ -295,9 +351,11 @@ class SesSender:
         if payload_sha256 is not None:
             # botocore signs this header's value instead of hashing a body it does not have.
             headers["X-Amz-Content-SHA256"] = payload_sha256
-        request = AWSRequest(method="POST", url=self.url, data=body, headers=headers)
-        SigV4Auth(credentials, self._signing_name, self.region).add_auth(request)
-        return dict(request.headers.items())
+        signer = self._signer
+        if signer is None or signer.credentials is not credentials:
+            signer = self._signer = _SigV4(credentials, self._signing_name, self.region)
+        signer.add_auth(_Request(self.url, body, headers))
+        return headers
 
     async def send(self, message: OutgoingMessage) -> str:
         waited = await self._limiter.acquire()

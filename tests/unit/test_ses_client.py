@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import json
 import re
 import smtplib
@@ -16,7 +17,7 @@ from botocore.credentials import Credentials
 from relay.sending import ListManagement, OutgoingMessage, PermanentSendError, TransientSendError
 from relay.ses import errors
 from relay.ses import rate as rate_module
-from relay.ses.client import SEND_EMAIL_PATH, build_request_body
+from relay.ses.client import SEND_EMAIL_PATH, _Request, _SigV4, build_request_body
 from relay.ses.rate import RateLimiter
 from relay.smtp import replies
 
@@ -349,6 +350,37 @@ def test_rate_limiter_fractional_rate_and_validation(clock: FakeClock):
     assert asyncio.run(scenario()) == [0.0, pytest.approx(2.0)]
     with pytest.raises(ValueError):
         RateLimiter(0)
+
+
+# -- SigV4: the relay's signer against stock botocore ----------------------------------------------
+
+
+def stock_headers(url: str, body: bytes, headers: dict[str, str], credentials: Credentials) -> dict[str, str]:
+    request = AWSRequest(method="POST", url=url, data=body, headers=headers)
+    SigV4Auth(credentials, "ses", "eu-west-1").add_auth(request)
+    return dict(request.headers.items())
+
+
+@pytest.mark.parametrize("token", [None, "session-token/with+odd=chars"])
+@pytest.mark.parametrize("payload_hash", [None, "ab" * 32])
+def test_signer_matches_stock_botocore_across_days_and_keys(monkeypatch, token, payload_hash):
+    """The signing key is cached per day and secret: a new day or a new secret must re-derive it."""
+    url = "https://email.eu-west-1.amazonaws.com" + SEND_EMAIL_PATH
+    signer_for: dict[str, _SigV4] = {}
+    for day, secret in [(1, "s1"), (1, "s1"), (2, "s1"), (2, "s2"), (1, "s2")]:
+        now = datetime.datetime(2026, 3, day, 23, 59, 59)
+        monkeypatch.setattr("botocore.auth.get_current_datetime", lambda now=now: now)
+        credentials = Credentials("AKIDEXAMPLE", secret, token).get_frozen_credentials()
+        body = json.dumps({"day": day, "secret": secret}).encode()
+        headers = {"Content-Type": "application/json", "Host": "email.eu-west-1.amazonaws.com"}
+        if payload_hash:
+            headers["X-Amz-Content-SHA256"] = payload_hash
+        expected = stock_headers(url, body, dict(headers), credentials)
+        signer = signer_for.setdefault(token or "", _SigV4(credentials, "ses", "eu-west-1"))
+        signer.credentials = credentials
+        signer.add_auth(_Request(url, body, headers))
+        assert headers == expected
+        assert ("X-Amz-Security-Token" in headers) == (token is not None)
 
 
 # -- SigV4: recompute the signature of a real relay request with botocore ------------------------
