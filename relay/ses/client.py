@@ -22,18 +22,20 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import boto3
-import botocore.config
 import botocore.exceptions
 from botocore.auth import SIGNED_HEADERS_BLACKLIST, SigV4Auth
 
 from relay.metrics import RelayMetrics
 from relay.sending import OutgoingMessage, SendError, StartupError
 from relay.ses import errors
+from relay.ses.endpoint import resolve as resolve_endpoint
 from relay.ses.rate import RateLimiter, Unlimited
 
 log = logging.getLogger("relay.ses")
 
 SEND_EMAIL_PATH = "/v2/email/outbound-emails"
+ACCOUNT_PATH = "/v2/email/account"  # GetAccount: the account's send quota, read at start
+ACCOUNT_TIMEOUT = 15.0  # seconds; an unreachable endpoint must not stall start-up
 DEFAULT_REGION = "us-east-1"
 CREDENTIALS_RETRY_SECONDS = 30.0
 _STREAM_BYTES = 1 << 20  # larger messages are streamed, and hashed for SigV4 in a thread
@@ -118,8 +120,8 @@ class _Request:
 
     __slots__ = ("method", "url", "body", "params", "context", "headers")
 
-    def __init__(self, url: str, body: bytes, headers: dict[str, str]) -> None:
-        self.method = "POST"
+    def __init__(self, method: str, url: str, body: bytes, headers: dict[str, str]) -> None:
+        self.method = method
         self.url = url
         self.body = body
         self.params: dict[str, str] = {}
@@ -205,7 +207,6 @@ class SesSender:
         self._duration_ok = metrics.ses_request_duration.labels("ok")
         self._duration_error = metrics.ses_request_duration.labels("error")
         self._boto_session: boto3.Session | None = None
-        self._client: Any = None  # botocore sesv2 client: endpoint resolution and GetAccount at start only
         self._credentials: Any = None
         self._frozen: Any = None
         self._signer: _SigV4 | None = None  # one per frozen credentials: it caches the signing key
@@ -216,6 +217,7 @@ class SesSender:
         self._limiter: RateLimiter | Unlimited = Unlimited()
         self.region = ""
         self.url = ""
+        self._base_url = ""
         self._host = ""
         self._signing_name = "ses"
 
@@ -236,9 +238,7 @@ class SesSender:
             auto_decompress=False,
         )
         await self._configure_rate()
-        # The botocore client (~10 MB of service model) was only needed to resolve the endpoint and
-        # read the send rate; the session stays only while credentials are still to be found.
-        self._client = None
+        # The session stays only while credentials are still to be found.
         if self._credentials is not None:
             self._boto_session = None
 
@@ -249,26 +249,18 @@ class SesSender:
             if not region:
                 region = DEFAULT_REGION
                 log.warning("no AWS region configured (ses.region, AWS_REGION, profile); using %s", region)
-            client = session.client(
-                "sesv2",
-                region_name=region,
-                endpoint_url=self._endpoint_setting,
-                # Used once at start (GetAccount): an unreachable endpoint must not stall start-up.
-                config=botocore.config.Config(
-                    connect_timeout=5, read_timeout=10, retries={"total_max_attempts": 2}
-                ),
-            )
             credentials = session.get_credentials()
         except botocore.exceptions.ProfileNotFound as exc:
             raise StartupError(f"AWS profile not found: {exc.kwargs.get('profile')}") from None
         except botocore.exceptions.BotoCoreError as exc:
             raise StartupError(f"AWS configuration error: {exc}") from None
+        endpoint = resolve_endpoint(region, self._endpoint_setting)
         self._boto_session = session
-        self._client = client
-        self.region = region
-        self.url = client.meta.endpoint_url.rstrip("/") + SEND_EMAIL_PATH
+        self.region = endpoint.region
+        self._base_url = endpoint.url
+        self.url = endpoint.url + SEND_EMAIL_PATH
         self._host = _canonical_host(self.url)
-        self._signing_name = client.meta.service_model.signing_name or "ses"
+        self._signing_name = endpoint.signing_name
         self._credentials_checked_at = time.monotonic()
         if credentials is None:
             log.warning(CREDENTIALS_HELP)
@@ -280,22 +272,31 @@ class SesSender:
     async def _configure_rate(self) -> None:
         rate = self._max_send_rate
         if rate == "auto":
-            rate = await asyncio.get_running_loop().run_in_executor(None, self._account_send_rate)
+            rate = await self._account_send_rate()
         if rate:
             self._limiter = RateLimiter(float(rate))
             log.info("local send-rate limit: %s messages/s", rate)
 
-    def _account_send_rate(self) -> float | None:
+    async def _account_send_rate(self) -> float | None:
+        """SendQuota.MaxSendRate from SESv2 GetAccount, or None (no local limit) when it cannot be read."""
         if self._credentials is None:
             return None
+        assert self._http is not None
+        url = self._base_url + ACCOUNT_PATH
         try:
-            quota = self._client.get_account()["SendQuota"]
-            return float(quota["MaxSendRate"])
+            headers = self._signed_headers(b"", await self._current_credentials(), method="GET", url=url)
+            async with asyncio.timeout(ACCOUNT_TIMEOUT):
+                async with self._http.get(url, headers=headers) as response:
+                    payload = await response.read()
+            if response.status != 200:
+                data = json.loads(payload) if payload.startswith(b"{") else {}
+                raise RuntimeError(f"HTTP {response.status} {_error_code(response.headers, data)}".rstrip())
+            return float(json.loads(payload)["SendQuota"]["MaxSendRate"])
         except Exception as exc:  # noqa: BLE001 - any failure just means "no local limit"
             log.warning(
                 "could not read the SES send rate (GetAccount: %s); no local rate limit, "
                 "throttled sends are answered 451",
-                exc.__class__.__name__,
+                " ".join(str(exc).split())[:200] or exc.__class__.__name__,
             )
             return None
 
@@ -345,16 +346,24 @@ class SesSender:
         return self._frozen
 
     def _signed_headers(
-        self, body: bytes, credentials: Any, payload_sha256: str | None = None
+        self,
+        body: bytes,
+        credentials: Any,
+        payload_sha256: str | None = None,
+        *,
+        method: str = "POST",
+        url: str | None = None,
     ) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Host": self._host}
+        headers = {"Host": self._host}
+        if method == "POST":
+            headers["Content-Type"] = "application/json"
         if payload_sha256 is not None:
             # botocore signs this header's value instead of hashing a body it does not have.
             headers["X-Amz-Content-SHA256"] = payload_sha256
         signer = self._signer
         if signer is None or signer.credentials is not credentials:
             signer = self._signer = _SigV4(credentials, self._signing_name, self.region)
-        signer.add_auth(_Request(self.url, body, headers))
+        signer.add_auth(_Request(method, url or self.url, body, headers))
         return headers
 
     async def send(self, message: OutgoingMessage) -> str:

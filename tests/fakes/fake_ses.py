@@ -74,6 +74,7 @@ from aiohttp import web
 
 SEND_EMAIL_PATH = "/v2/email/outbound-emails"
 SUPPRESSION_PATH = "/v2/email/suppression/addresses"
+ACCOUNT_PATH = "/v2/email/account"  # GetAccount
 SUPPRESSION_REASONS = ("BOUNCE", "COMPLAINT")
 MAX_SUPPRESSION_PAGE = 1000
 SUPPRESSION_THROTTLED = "Too Many Requests."
@@ -290,6 +291,8 @@ class FakeSES:
         self.suppressed: dict[str, tuple[str, float]] = {}
         self._suppression_bucket = _TokenBucket(lambda: self.suppression_rate)
         self.max_rate = max_rate
+        #: GetAccount's SendQuota.MaxSendRate; None: GetAccount answers 403 AccessDeniedException.
+        self.account_max_send_rate: float | None = 14.0
         self.require_auth = require_auth
         self.record = record
         self.sent = 0
@@ -466,10 +469,16 @@ class FakeSES:
             return answer(code, _error_response(code, message, status))
 
         suppression = self._suppression_route(request)
-        if suppression is None and (request.path != SEND_EMAIL_PATH or request.method != "POST"):
+        account = request.path == ACCOUNT_PATH and request.method == "GET"
+        if suppression is None and not account and (request.path != SEND_EMAIL_PATH or request.method != "POST"):
             return error("UnknownOperationException", "")
         if self.require_auth and not request.headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256 "):
             return error("UnrecognizedClientException", DEFAULT_MESSAGES["UnrecognizedClientException"])
+        if account:  # GetAccount: no faults, no latency (it is read once, at the relay's start)
+            if self.account_max_send_rate is None:
+                return error("AccessDeniedException", "not authorized to perform: ses:GetAccount")
+            quota = {"Max24HourSend": 50000.0, "MaxSendRate": self.account_max_send_rate, "SentLast24Hours": 0.0}
+            return answer("ok", web.json_response({"SendQuota": quota, "SendingEnabled": True}))
         if suppression is not None:
             return await self._handle_suppression(request, suppression, raw, rec, answer, error)
 

@@ -286,6 +286,28 @@ def test_local_rate_limit_makes_sends_wait_instead_of_failing(fake_ses, relay_fa
     assert relay.metric("ses_relay_ses_errors_total", {"code": "TooManyRequestsException"}) == 0
 
 
+def test_send_rate_auto_applies_the_account_quota_from_getaccount(fake_ses, relay_factory):
+    fake_ses.account_max_send_rate = 5.0
+    relay = relay_factory(fake_ses.endpoint_url, ses={"max_send_rate": "auto"})
+    (account_call,) = [r for r in fake_ses.requests if r.method == "GET"]
+    assert account_call.outcome == "ok"
+    for _ in range(10):
+        code, reply = send(relay.smtp_port)
+        assert code == 250, reply
+    assert len(fake_ses.message_ids) == 10
+    assert relay.metric("ses_relay_rate_limiter_wait_seconds_count") > 0
+
+
+def test_send_rate_auto_without_getaccount_permission_sends_unlimited(fake_ses, relay_factory):
+    fake_ses.account_max_send_rate = None  # GetAccount: 403 AccessDeniedException
+    relay = relay_factory(fake_ses.endpoint_url, ses={"max_send_rate": "auto"})
+    assert [r.outcome for r in fake_ses.requests if r.method == "GET"] == ["AccessDeniedException"]
+    for _ in range(10):
+        code, reply = send(relay.smtp_port)
+        assert code == 250, reply
+    assert relay.metric("ses_relay_rate_limiter_wait_seconds_count") == 0
+
+
 def test_send_waiting_for_a_pool_slot_is_not_reported_as_ses_unavailable(relay_factory):
     with FakeSES(latency=1.2) as fake:
         relay = relay_factory(fake.endpoint_url,

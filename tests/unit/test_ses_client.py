@@ -378,7 +378,7 @@ def test_signer_matches_stock_botocore_across_days_and_keys(monkeypatch, token, 
         expected = stock_headers(url, body, dict(headers), credentials)
         signer = signer_for.setdefault(token or "", _SigV4(credentials, "ses", "eu-west-1"))
         signer.credentials = credentials
-        signer.add_auth(_Request(url, body, headers))
+        signer.add_auth(_Request("POST", url, body, headers))
         assert headers == expected
         assert ("X-Amz-Security-Token" in headers) == (token is not None)
 
@@ -403,22 +403,38 @@ def test_relay_request_signature_verifies_with_botocore(fake_ses, relay_factory)
         authorization,
     )
     assert match is not None, authorization
+    assert_signed_as_botocore_would(recorded, fake_ses.endpoint_url)
+    assert recorded.path == SEND_EMAIL_PATH
+    assert json.loads(recorded.raw_body) == recorded.body
+
+
+def assert_signed_as_botocore_would(recorded, endpoint_url):
+    """Recompute the recorded request's SigV4 signature with stock botocore."""
+    match = re.fullmatch(
+        r"AWS4-HMAC-SHA256 Credential=testing/(\d{8})/us-east-1/ses/aws4_request, "
+        r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})",
+        recorded.headers["Authorization"],
+    )
+    assert match is not None, recorded.headers["Authorization"]
     date, signed_headers, signature = match.groups()
     assert recorded.headers["X-Amz-Date"].startswith(date)
-
-    raw_body: bytes = recorded.raw_body  # AttributeError until the fake records it
+    raw_body: bytes = recorded.raw_body
     headers = {name: value for name, value in recorded.headers.items()
                if name.lower() in signed_headers.split(";")}
-    request = AWSRequest(method=recorded.method, url=fake_ses.endpoint_url + recorded.path,
-                         headers=headers, data=raw_body)
+    request = AWSRequest(method=recorded.method, url=endpoint_url + recorded.path, headers=headers, data=raw_body)
     request.context["timestamp"] = recorded.headers["X-Amz-Date"]
     auth = SigV4Auth(Credentials("testing", "testing"), "ses", "us-east-1")
     assert auth.signed_headers(auth.headers_to_sign(request)) == signed_headers
     assert {"host", "x-amz-date"} <= set(signed_headers.split(";"))
     expected = auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request)
     assert signature == expected
-    assert recorded.path == SEND_EMAIL_PATH
-    assert json.loads(raw_body) == recorded.body
+
+
+def test_getaccount_request_signature_verifies_with_botocore(fake_ses, relay_factory):
+    relay_factory(fake_ses.endpoint_url, ses={"max_send_rate": "auto"})
+    (recorded,) = fake_ses.requests
+    assert (recorded.method, recorded.path, recorded.outcome) == ("GET", "/v2/email/account", "ok")
+    assert_signed_as_botocore_would(recorded, fake_ses.endpoint_url)
 
 
 def test_large_message_is_streamed_with_a_signed_payload_hash(fake_ses, relay_factory):
