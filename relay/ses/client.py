@@ -21,8 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import boto3
 import botocore.exceptions
+import botocore.session
 from botocore.auth import SIGNED_HEADERS_BLACKLIST, SigV4Auth
 
 from relay.metrics import RelayMetrics
@@ -206,7 +206,7 @@ class SesSender:
         self._metrics = metrics
         self._duration_ok = metrics.ses_request_duration.labels("ok")
         self._duration_error = metrics.ses_request_duration.labels("error")
-        self._boto_session: boto3.Session | None = None
+        self._boto_session: botocore.session.Session | None = None
         self._credentials: Any = None
         self._frozen: Any = None
         self._signer: _SigV4 | None = None  # one per frozen credentials: it caches the signing key
@@ -244,8 +244,12 @@ class SesSender:
 
     def _resolve(self) -> None:
         try:
-            session = boto3.Session(region_name=self._region_setting)
-            region = session.region_name
+            # botocore's session is what boto3.Session wraps (same credentials chain, profiles and
+            # region settings) without importing boto3's resource and S3 transfer layers (~2 MB).
+            session = botocore.session.Session()
+            if self._region_setting:
+                session.set_config_variable("region", self._region_setting)
+            region = session.get_config_variable("region")
             if not region:
                 region = DEFAULT_REGION
                 log.warning("no AWS region configured (ses.region, AWS_REGION, profile); using %s", region)

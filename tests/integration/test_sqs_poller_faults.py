@@ -1,6 +1,8 @@
 """The SQS feedback poller under faults: a failing ReceiveMessage is counted and retried after a back-off,
 never in a tight loop, and polling recovers on its own; a failing DeleteMessage after the event is stored
 loses nothing: the message comes back after its visibility timeout and is applied again, idempotently.
+A message the poller cannot handle (wrongly typed SES JSON, or a bug met while handling it) is counted,
+logged on one line and left for the dead-letter queue, and the poller goes on with the next one.
 
 Faults are real: moto's own QueueDoesNotExist error, or answers injected by a small HTTP proxy on 127.0.0.1
 that sits between the relay's boto3 SQS client and moto's server, forwards everything else untouched and
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import smtplib
 import threading
 import time
@@ -26,10 +29,14 @@ import boto3
 import pytest
 
 import relay.feedback.sqs as sqs_module
+from relay.feedback.processor import FeedbackProcessor
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "ses"
 RECEIVE_ERRORS = ("ses_relay_sqs_errors_total", {"kind": "receive"})
 DELETE_ERRORS = ("ses_relay_sqs_errors_total", {"kind": "delete"})
+UNPARSABLE = ("ses_relay_sqs_errors_total", {"kind": "unparsable"})
+STORE_ERRORS = ("ses_relay_sqs_errors_total", {"kind": "store"})
+INTERNAL_ERRORS = ("ses_relay_sqs_errors_total", {"kind": "internal"})
 SQS_BOUNCES = (
     "ses_relay_feedback_events_total",
     {"type": "Bounce", "subtype": "Permanent/General", "source": "sqs"},
@@ -334,3 +341,118 @@ def test_failed_delete_keeps_the_event_and_the_message_is_applied_again(moto, sq
     assert relay.call(relay.store.count()) == 1
     assert metric(relay, RECEIVE_ERRORS) == 0
     assert poller_alive(relay)
+
+
+def queue_with_dead_letters(sqs, name: str, max_receive_count: int) -> tuple[str, str]:
+    """A feedback queue whose redrive policy moves a message to a dead-letter queue after
+    ``max_receive_count`` receives; returns (queue URL, dead-letter queue URL)."""
+    dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    policy = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count})
+    queue_url = sqs.create_queue(
+        QueueName=name, Attributes={"VisibilityTimeout": "1", "RedrivePolicy": policy}
+    )["QueueUrl"]
+    return queue_url, dlq_url
+
+
+def dead_letters(sqs, dlq_url: str) -> list[str]:
+    """Bodies in the dead-letter queue (peeked: they stay visible again a moment later)."""
+    response = sqs.receive_message(
+        QueueUrl=dlq_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=0
+    )
+    return sorted(m["Body"] for m in response.get("Messages", []))
+
+
+def relay_stops_cleanly(relay) -> bool:
+    """The relay thread ends and the poller's stop() returned (app.stop clears _sqs only after it)."""
+    relay.stop()
+    return not relay.thread.is_alive() and relay.relay._sqs is None
+
+
+def test_wrongly_typed_notifications_are_counted_and_left_and_the_next_bounce_is_applied(
+    moto, sqs_proxy, relay_factory
+):
+    sqs = sqs_client(moto)
+    queue_url, dlq_url = queue_with_dead_letters(sqs, "ses-feedback", max_receive_count=1)
+    bounce = json.loads((FIXTURES / "bounce_permanent_notification.json").read_text())
+    bounce["bounce"]["bouncedRecipients"] = 5  # well-formed JSON, a number where SES sends a list
+    delivery = json.loads((FIXTURES / "delivery_notification.json").read_text())
+    delivery["delivery"]["recipients"] = 7
+    mistyped = [
+        json.dumps({"Type": "Notification", "MessageId": str(uuid.uuid4()), "Message": json.dumps(bounce)}),
+        json.dumps(delivery),  # raw message delivery
+    ]
+    for body in mistyped:  # in the queue before the good bounce, and received in the same batch
+        sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+    sqs.send_message(QueueUrl=queue_url, MessageBody=bounce_envelope("jane@example.org"))
+    relay = start_poller_relay(relay_factory, moto, sqs_proxy, queue_url)
+
+    # The good bounce behind them is applied, and the poller is still polling afterwards.
+    assert wait_until(lambda: relay.call(relay.store.get("jane@example.org")) is not None)
+    assert rcpt_code(relay, "jane@example.org") == 550
+    assert wait_until(lambda: metric(relay, UNPARSABLE) >= 2)
+    polls = relay.relay._sqs.polls
+    assert wait_until(lambda: relay.relay._sqs.polls >= polls + 2)
+    assert poller_alive(relay)
+    # Never deleted: the one DeleteMessage was the good bounce's, and both went to the dead-letter queue
+    # (moto moves them there on the first receive after their visibility timeout).
+    assert wait_until(lambda: dead_letters(sqs, dlq_url) == sorted(mistyped))
+    assert sqs_proxy.count("DeleteMessage") == 1
+    assert wait_until(lambda: messages_in_queue(sqs, queue_url) == 0)
+    # Each was received once and counted once, as not SES feedback; nothing else went wrong.
+    assert metric(relay, UNPARSABLE) == 2
+    assert [metric(relay, m) for m in (RECEIVE_ERRORS, STORE_ERRORS, DELETE_ERRORS, INTERNAL_ERRORS)] == [0] * 4
+    assert metric(relay, SQS_BOUNCES) == 1
+    assert relay_stops_cleanly(relay)
+
+
+def test_a_bug_met_while_handling_one_message_is_logged_counted_and_survived(
+    moto, sqs_proxy, relay_factory, monkeypatch, caplog
+):
+    """Defence in depth: an exception nobody planned for, raised while parsing one message or applying its
+    event, is logged on one line (no body beyond a short prefix), counted, the message left in the queue,
+    and the poller goes on with the next."""
+    caplog.set_level(logging.WARNING, logger="relay.feedback.sqs")
+    real_parse, real_apply = sqs_module.parse_sqs_body, FeedbackProcessor.apply
+    applied: list[tuple[str, ...]] = []
+
+    def buggy_parse(body: str):
+        if "parser-bug@" in body:
+            raise KeyError("a parser bug")
+        return real_parse(body)
+
+    async def flaky_apply(self, event, *, source):
+        applied.append(event.recipients)
+        if event.recipients == ("apply-bug@example.org",) and applied.count(event.recipients) == 1:
+            raise RuntimeError("an applying bug\nwith a second line")
+        return await real_apply(self, event, source=source)
+
+    monkeypatch.setattr(sqs_module, "parse_sqs_body", buggy_parse)
+    monkeypatch.setattr(FeedbackProcessor, "apply", flaky_apply)
+    sqs = sqs_client(moto)
+    # Two receives before the dead-letter queue: the applying bug strikes once, the redelivery succeeds.
+    queue_url, dlq_url = queue_with_dead_letters(sqs, "ses-feedback", max_receive_count=2)
+    parser_bug = bounce_envelope("parser-bug@example.org")
+    for body in (parser_bug, bounce_envelope("apply-bug@example.org"), bounce_envelope("jane@example.org")):
+        sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+    relay = start_poller_relay(relay_factory, moto, sqs_proxy, queue_url)
+
+    assert wait_until(lambda: relay.call(relay.store.get("jane@example.org")) is not None)
+    # The redelivery of the message whose first attempt hit the bug is applied and then deleted.
+    assert wait_until(lambda: relay.call(relay.store.get("apply-bug@example.org")) is not None)
+    assert wait_until(lambda: dead_letters(sqs, dlq_url) == [parser_bug])
+    assert wait_until(lambda: messages_in_queue(sqs, queue_url) == 0)
+    assert relay.call(relay.store.get("parser-bug@example.org")) is None
+    assert poller_alive(relay)
+    assert metric(relay, UNPARSABLE) == 2  # received twice before the redrive, counted each time
+    assert metric(relay, INTERNAL_ERRORS) == 1
+    assert [metric(relay, m) for m in (RECEIVE_ERRORS, STORE_ERRORS, DELETE_ERRORS)] == [0] * 3
+    assert sqs_proxy.count("DeleteMessage") == 2  # jane's and apply-bug's redelivery; never the parser bug's
+
+    errors = [r for r in caplog.records if r.name == "relay.feedback.sqs" and r.levelno >= logging.ERROR]
+    texts = [r.getMessage() for r in errors]
+    assert sum("KeyError" in t for t in texts) == 2 and sum("RuntimeError" in t for t in texts) == 1, texts
+    for record, text in zip(errors, texts, strict=True):
+        assert "\n" not in text and record.exc_info is None and len(text) < 400, text
+        assert "diagnosticCode" not in text  # a short prefix of the body at most, never all of it
+    assert relay_stops_cleanly(relay)

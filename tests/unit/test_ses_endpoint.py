@@ -5,7 +5,9 @@ from __future__ import annotations
 import boto3
 import pytest
 
+from relay.metrics import RelayMetrics
 from relay.sending import StartupError
+from relay.ses.client import SesSender
 from relay.ses.endpoint import resolve
 
 
@@ -57,3 +59,26 @@ def test_child_failure_is_one_line_startup_error(monkeypatch, region, env, needl
         resolve(region, None)
     assert needle in str(caught.value)
     assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)
+
+
+def sender(region: str | None) -> SesSender:
+    return SesSender(region=region, endpoint_url=None, configuration_set=None, tags={}, max_send_rate=None,
+                     connect_timeout=1, request_timeout=1, max_connections=1, metrics=RelayMetrics())
+
+
+@pytest.mark.parametrize("configured, expected", [(None, "eu-west-2"), ("ap-south-1", "ap-south-1")])
+def test_region_and_credentials_come_from_the_aws_profile(monkeypatch, tmp_path, configured, expected):
+    """The boto3 chain: a named profile's region and keys, unless ses.region says otherwise."""
+    (tmp_path / "config").write_text("[profile mail]\nregion = eu-west-2\n")
+    (tmp_path / "credentials").write_text("[mail]\naws_access_key_id = AKIDPROFILE\naws_secret_access_key = s\n")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_PROFILE", "mail")
+    ses = sender(configured)
+    ses._resolve()
+    assert ses.region == expected
+    assert ses.url == f"https://email.{expected}.amazonaws.com/v2/email/outbound-emails"
+    assert ses._frozen.access_key == "AKIDPROFILE"
+    assert ses.readiness() == (False, "not started")  # credentials found; the HTTP pool starts in start()
