@@ -189,9 +189,11 @@ def run(quick: bool) -> dict:
         relay_info = RelaySystem("relay-0ms-info-log", workdir, latency=0.0, log_level="info")
         relay_uv = RelaySystem("relay-0ms-uvloop", workdir, latency=0.0, uvloop=True)
         bare_uv = BareSystem("bare-aiosmtpd-uvloop", workdir, uvloop=True)
-        extra_systems = [relay_info, relay_uv, bare_uv]
+        relay_nocache = RelaySystem("relay-0ms-nocache", workdir, latency=0.0, suppression_cache=False)
+        extra_systems = [relay_info, relay_uv, bare_uv, relay_nocache]
         extras = [
             (relay_info, 10, False),
+            (relay_nocache, 10, False),
             (relay_uv, 10, False),
             (relay_uv, 50, False),
             (bare_uv, 10, False),
@@ -328,6 +330,12 @@ def summarise(data: dict) -> dict:
         extra_ratios[f"relay-30ms ÷ relay-0ms, c{c}"] = paired(("relay-30ms", c), ("relay-0ms", c))
     extra_ratios["relay-0ms info log ÷ warning log, c10"] = paired(
         ("relay-0ms-info-log", 10), ("relay-0ms", 10)
+    )
+    extra_ratios["relay-0ms no lookup cache ÷ cache, c10"] = paired(
+        ("relay-0ms-nocache", 10), ("relay-0ms", 10)
+    )
+    extra_ratios["relay-0ms no lookup cache ÷ bare aiosmtpd, c10"] = paired(
+        ("relay-0ms-nocache", 10), ("bare-aiosmtpd", 10)
     )
     extra_ratios["relay-0ms uvloop ÷ asyncio, c10"] = paired(("relay-0ms-uvloop", 10), ("relay-0ms", 10))
     extra_ratios["relay-0ms uvloop ÷ asyncio, c50"] = paired(("relay-0ms-uvloop", 50), ("relay-0ms", 50))
@@ -504,6 +512,7 @@ def report(data: dict, summary: dict, out: Path, json_path: Path, command: str) 
         "bare-aiosmtpd",
         "postfix",
         "relay-0ms-info-log",
+        "relay-0ms-nocache",
         "relay-0ms-uvloop",
         "bare-aiosmtpd-uvloop",
     ]

@@ -117,8 +117,11 @@ class RelaySystem(System):
         uvloop: bool = False,
         source: Path | None = None,
         env: dict[str, str] | None = None,
+        suppression_cache: bool = True,
     ) -> None:
-        """`source`: another checkout of the relay to run (e.g. a patched copy), `env`: extra variables."""
+        """`source`: another checkout of the relay to run (e.g. a patched copy), `env`: extra variables,
+        `suppression_cache`: False sets suppression.cache_entries to 0 (every RCPT reads sqlite, as
+        every recipient would if each message went to a new address)."""
         self.name = name
         self.source = source
         self.extra_env = env or {}
@@ -129,6 +132,7 @@ class RelaySystem(System):
         self.http_port = procs.free_port()
         self.log_level = log_level
         self.uvloop = uvloop
+        self.suppression_cache = suppression_cache
         self.proc: subprocess.Popen | None = None
         self.stderr_log = self.dir / "relay.log"
 
@@ -140,7 +144,7 @@ class RelaySystem(System):
                 "max_connections": 100,
             },
             "ses": {"region": "us-east-1", "endpoint_url": self.fake.url, "max_send_rate": None},
-            "suppression": {"backend": "sqlite"},
+            "suppression": {"backend": "sqlite", **({} if self.suppression_cache else {"cache_entries": 0})},
             "http": {"listen": f"127.0.0.1:{self.http_port}"},
             "logging": {"level": self.log_level, "format": "json"},
             "state_dir": str(self.dir / "state"),
