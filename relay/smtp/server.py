@@ -10,6 +10,7 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import re
 import socket
 
 from aiosmtpd.smtp import SMTP
@@ -28,6 +29,11 @@ _REWRITES = {
     b"500 Line too long (see RFC5321 4.5.3.1.6)": replies.LINE_TOO_LONG.encode(),
     b"500 Command line too long": replies.COMMAND_TOO_LONG.encode(),
 }
+
+
+# <local@domain> with a dot-atom local part and a plain host name: what nearly every client sends.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ANGLE_ADDR = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 
 
 def _networks(cidrs: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -130,6 +136,20 @@ class RelaySMTP(SMTP):
 
     def _create_envelope(self) -> RelayEnvelope:
         return RelayEnvelope()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd parses every MAIL/RCPT address with the email package's RFC 5322 header parser and
+        # defines a typing.Protocol class on each call: ~170 us per address. The plain form gets the
+        # same answer from one regex (a test checks the two agree); anything else goes to aiosmtpd.
+        match = _PLAIN_ANGLE_ADDR.match(arg)
+        if match is None:
+            return super()._getaddr(arg)
+        rest = arg[match.end() :].lstrip(" \t")  # the parser consumes the whitespace after the address
+        if rest.startswith("("):  # ... and a comment: leave that to it
+            return super()._getaddr(arg)
+        if self.local_part_limit and len(match[1]) > self.local_part_limit:
+            return None, None
+        return f"{match[1]}@{match[2]}", rest
 
     def in_transaction(self) -> bool:
         return bool(self.envelope is not None and self.envelope.mail_from)
