@@ -143,13 +143,22 @@ class RelaySMTP(SMTP):
         # same answer from one regex (a test checks the two agree); anything else goes to aiosmtpd.
         match = _PLAIN_ANGLE_ADDR.match(arg)
         if match is None:
-            return super()._getaddr(arg)
+            return self._parse_address(arg)
         rest = arg[match.end() :].lstrip(" \t")  # the parser consumes the whitespace after the address
         if rest.startswith("("):  # ... and a comment: leave that to it
-            return super()._getaddr(arg)
+            return self._parse_address(arg)
         if self.local_part_limit and len(match[1]) > self.local_part_limit:
             return None, None
         return f"{match[1]}@{match[2]}", rest
+
+    def _parse_address(self, arg: str) -> tuple[str | None, str | None]:
+        try:
+            return super()._getaddr(arg)
+        except Exception:  # noqa: BLE001
+            # The email parser crashes on some malformed input ("<@": IndexError, "<0@[":
+            # AttributeError): that is a malformed address (553 5.1.3), not an internal error (451)
+            # that the client would retry for days.
+            return None, None
 
     def in_transaction(self) -> bool:
         return bool(self.envelope is not None and self.envelope.mail_from)

@@ -195,6 +195,21 @@ def test_mail_from_with_smtputf8_parameter_is_refused_5_6_7(fake_ses, relay_fact
         assert line == replies.SMTPUTF8_UNSUPPORTED.encode()
 
 
+@pytest.mark.parametrize("address", [b"<@", b"<0@["])
+def test_address_that_crashes_the_email_parser_is_a_syntax_error(fake_ses, relay_factory, address):
+    """aiosmtpd's parser raises IndexError/AttributeError on these: a malformed address (5xx), not a 451."""
+    relay = relay_factory(fake_ses.endpoint_url)
+    with Raw(relay.smtp_port) as raw:
+        raw.reply()
+        raw.cmd(b"EHLO client.test")
+        (line,) = raw.cmd(b"MAIL FROM:" + address)
+        assert line.startswith(b"553 5.1.3 "), line
+        assert raw.cmd(f"MAIL FROM:<{SENDER}>".encode()) == [replies.OK_SENDER.encode()]
+        (line,) = raw.cmd(b"RCPT TO:" + address)
+        assert line.startswith(b"553 5.1.3 "), line
+        assert raw.cmd(b"QUIT")[0].startswith(b"221")
+
+
 # -- sequence errors and junk -------------------------------------------------------------------
 
 
