@@ -8,6 +8,7 @@ SES publishes two shapes: notifications (identity feedback, key `notificationTyp
 from __future__ import annotations
 
 import json
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,15 +84,115 @@ class FeedbackEvent:
         return "/".join(parts)
 
 
-def _addresses(items: Any, key: str = "emailAddress") -> tuple[str, ...]:
-    if not isinstance(items, list):
-        return ()
+def describe_error(exc: BaseException, limit: int = 200) -> str:
+    """One log line for an unexpected exception met while handling feedback: its class, its message
+    (whitespace folded, shortened: it may quote the input) and where it was raised. No traceback."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename.rpartition('/')[2]}:{frames[-1].lineno}" if frames else ""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{exc.__class__.__name__}{': ' + text if text else ''}{where}"
+
+
+# --- reading the JSON: every field the parser reads is type-checked, and a wrong type is a
+# FeedbackFormatError naming the field (path) and the JSON type found, never the value.
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"  # only from a dict built in Python, not from JSON
+
+
+def _wrong_type(path: str, value: Any, expected: str) -> FeedbackFormatError:
+    return FeedbackFormatError(f"{path} is {_json_type(value)}, expected {expected}")
+
+
+def _text(value: str, path: str) -> str:
+    """JSON strings may hold lone surrogates (\\ud800): not text any store, log or metric can encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FeedbackFormatError(f"{path} is not valid Unicode text") from None
+    return value
+
+
+def _object(parent: dict[str, Any], key: str, path: str) -> dict[str, Any] | None:
+    """parent[key] as an object; None when absent or null."""
+    value = parent.get(key)
+    if value is None or isinstance(value, dict):
+        return value
+    raise _wrong_type(path, value, "an object")
+
+
+def _array(parent: dict[str, Any], key: str, path: str) -> list[Any]:
+    """parent[key] as an array; empty when absent or null."""
+    value = parent.get(key)
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    raise _wrong_type(path, value, "an array")
+
+
+def _string(parent: dict[str, Any], key: str, path: str) -> str | None:
+    """parent[key] as a string; None when absent or null."""
+    value = parent.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _text(value, path)
+    raise _wrong_type(path, value, "a string")
+
+
+def _recipients(
+    parent: dict[str, Any], key: str, path: str, diagnostics: list[str] | None = None
+) -> tuple[str, ...]:
+    """SES recipient objects (``{"emailAddress": ..., "diagnosticCode": ...}``); a bare address string is
+    accepted too. Entries without a usable address are skipped; diagnostic codes go to `diagnostics`."""
     found = []
-    for item in items:
-        value = item.get(key) if isinstance(item, dict) else item
-        if isinstance(value, str) and "@" in value:
-            found.append(_bare_address(value))
+    for index, item in enumerate(_array(parent, key, path)):
+        item_path = f"{path}[{index}]"
+        if isinstance(item, str):
+            address: str | None = _text(item, item_path)
+        elif isinstance(item, dict):
+            address = _string(item, "emailAddress", f"{item_path}.emailAddress")
+            if diagnostics is not None:
+                code = _string(item, "diagnosticCode", f"{item_path}.diagnosticCode")
+                if code:
+                    diagnostics.append(code)
+        else:
+            raise _wrong_type(item_path, item, "an object or an address string")
+        if address:
+            _keep_address(address, found)
     return tuple(found)
+
+
+def _address_strings(parent: dict[str, Any], key: str, path: str) -> tuple[str, ...]:
+    """An array of address strings (delivery.recipients)."""
+    found: list[str] = []
+    for index, item in enumerate(_array(parent, key, path)):
+        if not isinstance(item, str):
+            raise _wrong_type(f"{path}[{index}]", item, "a string")
+        _keep_address(_text(item, f"{path}[{index}]"), found)
+    return tuple(found)
+
+
+def _keep_address(value: str, found: list[str]) -> None:
+    address = _bare_address(value)
+    if "@" in address:  # checked after stripping: "a@b <>" holds no address
+        found.append(address)
 
 
 def _bare_address(value: str) -> str:
@@ -102,60 +203,79 @@ def _bare_address(value: str) -> str:
     return value.strip()
 
 
+def _event_type(payload: dict[str, Any]) -> str:
+    for key in ("notificationType", "eventType"):  # notifications, event publishing
+        kind = _string(payload, key, key)
+        if kind is not None:
+            if not kind:
+                raise FeedbackFormatError(f"{key} is empty")
+            return kind
+    raise FeedbackFormatError("no notificationType or eventType")
+
+
 def parse_ses_notification(payload: str | bytes | dict[str, Any]) -> FeedbackEvent:
-    """Parse one SES notification or event (JSON text or already-decoded dict)."""
+    """Parse one SES notification or event (JSON text or already-decoded dict).
+
+    Anything that is not an SES notification we understand raises FeedbackFormatError with a one-line
+    reason, whatever the JSON holds: wrongly typed fields, nesting too deep for the decoder, invalid text.
+    """
     if isinstance(payload, (str, bytes)):
         try:
             payload = json.loads(payload)
-        except ValueError as exc:
+        except ValueError as exc:  # includes UnicodeDecodeError
             raise FeedbackFormatError(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise FeedbackFormatError("not JSON we accept: nested too deeply") from None
     if not isinstance(payload, dict):
         raise FeedbackFormatError("not a JSON object")
-    kind = payload.get("notificationType") or payload.get("eventType")
-    if not isinstance(kind, str) or not kind:
-        raise FeedbackFormatError("no notificationType or eventType")
-    mail = payload.get("mail") if isinstance(payload.get("mail"), dict) else {}
-    common = {"message_id": mail.get("messageId"), "timestamp": mail.get("timestamp")}
+    kind = _event_type(payload)
+    mail = _object(payload, "mail", "mail") or {}
+    common = {
+        "message_id": _string(mail, "messageId", "mail.messageId"),
+        "timestamp": _string(mail, "timestamp", "mail.timestamp"),
+    }
 
     if kind == "Bounce":
-        bounce = payload.get("bounce")
-        if not isinstance(bounce, dict):
+        bounce = _object(payload, "bounce", "bounce")
+        if bounce is None:
             raise FeedbackFormatError("Bounce without a bounce object")
-        recipients = bounce.get("bouncedRecipients")
-        diagnostics = [r.get("diagnosticCode") for r in recipients or [] if isinstance(r, dict)]
+        diagnostics: list[str] = []
+        recipients = _recipients(bounce, "bouncedRecipients", "bounce.bouncedRecipients", diagnostics)
+        bounce_type = _string(bounce, "bounceType", "bounce.bounceType") or ""
+        bounce_subtype = _string(bounce, "bounceSubType", "bounce.bounceSubType") or ""
         return FeedbackEvent(
             type="Bounce",
-            subtype=f"{bounce.get('bounceType', '')}/{bounce.get('bounceSubType', '')}",
-            recipients=_addresses(recipients),
-            feedback_id=bounce.get("feedbackId"),
-            detail="; ".join(str(d) for d in diagnostics if d)[:500],
+            subtype=f"{bounce_type}/{bounce_subtype}",
+            recipients=recipients,
+            feedback_id=_string(bounce, "feedbackId", "bounce.feedbackId"),
+            detail="; ".join(diagnostics)[:500],
             **common,
         )
     if kind == "Complaint":
-        complaint = payload.get("complaint")
-        if not isinstance(complaint, dict):
+        complaint = _object(payload, "complaint", "complaint")
+        if complaint is None:
             raise FeedbackFormatError("Complaint without a complaint object")
         return FeedbackEvent(
             type="Complaint",
-            subtype=str(complaint.get("complaintFeedbackType") or ""),
-            recipients=_addresses(complaint.get("complainedRecipients")),
-            feedback_id=complaint.get("feedbackId"),
-            detail=str(complaint.get("complaintSubType") or ""),
+            subtype=_string(complaint, "complaintFeedbackType", "complaint.complaintFeedbackType") or "",
+            recipients=_recipients(complaint, "complainedRecipients", "complaint.complainedRecipients"),
+            feedback_id=_string(complaint, "feedbackId", "complaint.feedbackId"),
+            detail=_string(complaint, "complaintSubType", "complaint.complaintSubType") or "",
             **common,
         )
     if kind == "Delivery":
-        delivery = payload.get("delivery") if isinstance(payload.get("delivery"), dict) else {}
+        delivery = _object(payload, "delivery", "delivery") or {}
         return FeedbackEvent(
             type="Delivery",
-            recipients=tuple(_bare_address(r) for r in delivery.get("recipients", []) if isinstance(r, str)),
+            recipients=_address_strings(delivery, "recipients", "delivery.recipients"),
             **common,
         )
     if kind == "DeliveryDelay":
-        delay = payload.get("deliveryDelay") if isinstance(payload.get("deliveryDelay"), dict) else {}
+        delay = _object(payload, "deliveryDelay", "deliveryDelay") or {}
         return FeedbackEvent(
             type="DeliveryDelay",
-            subtype=str(delay.get("delayType") or ""),
-            recipients=_addresses(delay.get("delayedRecipients")),
+            subtype=_string(delay, "delayType", "deliveryDelay.delayType") or "",
+            recipients=_recipients(delay, "delayedRecipients", "deliveryDelay.delayedRecipients"),
             **common,
         )
     # Send, Reject, Open, Click, ...: counted only.

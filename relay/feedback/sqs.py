@@ -6,6 +6,10 @@ it in the queue, and SQS delivers it again after the visibility timeout. Bodies 
 trust boundary here, so SNS signatures are not checked on this path.
 
 boto3 does the SQS calls in one dedicated thread: a long poll blocks for up to `wait_time` seconds.
+
+One message never stops the poller: whatever goes wrong while handling it (not SES feedback, a store
+failure, even a bug) is logged on one line and counted in ses_relay_sqs_errors_total, the message is left
+in the queue (redelivered, then dead-lettered by the queue's redrive policy), and polling goes on.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from typing import Any
 
 import boto3
 
-from relay.feedback.events import FeedbackEvent, FeedbackFormatError, parse_ses_notification
+from relay.feedback.events import FeedbackEvent, FeedbackFormatError, describe_error, parse_ses_notification
 from relay.feedback.processor import FeedbackProcessor
 from relay.metrics import RelayMetrics
 from relay.suppression.base import StoreError
 
 log = logging.getLogger("relay.feedback.sqs")
 ERROR_BACKOFF_SECONDS = 5.0
+BODY_PREFIX_CHARS = 60  # of a message body that could not be handled, in its log line
 
 
 def parse_sqs_body(body: str) -> FeedbackEvent:
@@ -32,6 +37,8 @@ def parse_sqs_body(body: str) -> FeedbackEvent:
         data: Any = json.loads(body)
     except ValueError as exc:
         raise FeedbackFormatError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise FeedbackFormatError("not JSON we accept: nested too deeply") from None
     if isinstance(data, dict) and data.get("Type") == "Notification" and isinstance(data.get("Message"), str):
         data = data["Message"]  # SNS envelope around the SES JSON
     return parse_ses_notification(data)
@@ -63,7 +70,17 @@ class SqsPoller:
         loop = asyncio.get_running_loop()
         self._client = await loop.run_in_executor(self._executor, self._make_client)
         self._task = asyncio.create_task(self._run(), name="sqs-poller")
+        self._task.add_done_callback(self._stopped)
         log.info("polling %s for SES feedback", self.queue_url)
+
+    def _stopped(self, task: asyncio.Task) -> None:
+        # _run handles every failure it knows of; should it end anyway, say so at once, not at shutdown.
+        if not task.cancelled() and task.exception() is not None:
+            log.critical(
+                "SQS polling of %s stopped on an error: %s; SES feedback is no longer read",
+                self.queue_url,
+                describe_error(task.exception()),
+            )
 
     def _make_client(self) -> Any:
         session = boto3.Session(region_name=self._region)
@@ -76,6 +93,8 @@ class SqsPoller:
             try:
                 await self._task
             except asyncio.CancelledError:
+                pass
+            except Exception:  # noqa: BLE001 - already logged by _stopped; shut down all the same
                 pass
         # A receive in flight is abandoned, not awaited: its messages reappear after the visibility timeout.
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -103,13 +122,24 @@ class SqsPoller:
         return response.get("Messages", [])
 
     async def _handle(self, message: dict[str, Any]) -> None:
+        """Apply one message's event, then delete the message. On any failure the message stays in the
+        queue; only a failed delete after the event was stored means the event is applied again."""
+        message_id = message.get("MessageId")
+        body = message.get("Body", "")
         try:
-            event = parse_sqs_body(message.get("Body", ""))
+            event = parse_sqs_body(body)
         except FeedbackFormatError as exc:
             # Left in the queue: a redrive policy moves it to a dead-letter queue; nothing is lost silently.
             self._metrics.sqs_errors.labels("unparsable").inc()
-            log.warning(
-                "SQS message %s is not SES feedback (%s); left in the queue", message.get("MessageId"), exc
+            log.warning("SQS message %s is not SES feedback (%s); left in the queue", message_id, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a parser bug must not stop the poller
+            self._metrics.sqs_errors.labels("unparsable").inc()
+            log.error(
+                "SQS message %s could not be parsed (%s); left in the queue; body starts %s",
+                message_id,
+                describe_error(exc),
+                _prefix(body),
             )
             return
         try:
@@ -117,6 +147,14 @@ class SqsPoller:
         except StoreError as exc:
             self._metrics.sqs_errors.labels("store").inc()
             log.error("could not record SES feedback from SQS (will be redelivered): %s", exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - nor may a bug met while applying the event
+            self._metrics.sqs_errors.labels("internal").inc()
+            log.error(
+                "could not apply SES feedback from SQS message %s (%s); left in the queue",
+                message_id,
+                describe_error(exc),
+            )
             return
         try:
             await asyncio.get_running_loop().run_in_executor(
@@ -128,6 +166,13 @@ class SqsPoller:
         except Exception as exc:  # noqa: BLE001 - redelivery applies the event again, harmlessly
             self._metrics.sqs_errors.labels("delete").inc()
             log.warning("SQS delete failed (the event will be applied again): %s", exc)
+
+
+def _prefix(body: Any) -> str:
+    """The start of a message body for a log line: short, with newlines and other controls escaped."""
+    text = body if isinstance(body, str) else repr(body)
+    shown = repr(text[:BODY_PREFIX_CHARS])
+    return shown + ("..." if len(text) > BODY_PREFIX_CHARS else "")
 
 
 def _region_from_url(queue_url: str) -> str | None:

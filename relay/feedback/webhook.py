@@ -1,7 +1,10 @@
 """POST /sns: SNS HTTP subscription endpoint for SES feedback.
 
 Answers fast (SNS retries an HTTP endpoint only a few times): verify, apply, 200. A store failure
-answers 503 so SNS retries later; a forged or foreign message answers 403 and changes nothing.
+answers 503 so SNS retries later; a forged or foreign message answers 403 and changes nothing. An
+authentic message that is not SES feedback we understand (including wrongly typed SES JSON) is counted
+as not_ses_feedback and acknowledged with 200 "ignored": sending it again could not help. No message,
+however malformed, is answered with an unhandled exception (a 500 and a traceback).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 
 from aiohttp import web
 
-from relay.feedback.events import FeedbackFormatError, parse_ses_notification
+from relay.feedback.events import FeedbackFormatError, describe_error, parse_ses_notification
 from relay.feedback.processor import FeedbackProcessor
 from relay.feedback.sns import HttpGet, RecentIds, SnsVerificationError, SnsVerifier, https_get
 from relay.metrics import RelayMetrics
@@ -46,6 +49,8 @@ def sns_handler(
             message = json.loads(body)
         except ValueError:
             return refuse(400, "malformed", "body is not JSON")
+        except RecursionError:
+            return refuse(400, "malformed", "body is JSON nested too deeply")
         header_type = request.headers.get("x-amz-sns-message-type")
         if isinstance(message, dict) and header_type and header_type != message.get("Type"):
             return refuse(400, "malformed", "x-amz-sns-message-type does not match Type")
@@ -69,9 +74,16 @@ def sns_handler(
         else:
             try:
                 event = parse_ses_notification(message["Message"])
-            except FeedbackFormatError as exc:
+            except Exception as exc:  # noqa: BLE001 - FeedbackFormatError, or a parser bug: the same answer
                 # Authentic but not SES feedback (e.g. a test message from the console): nothing to do.
-                log.warning("SNS notification on %s is not SES feedback: %s", message["TopicArn"], exc)
+                if isinstance(exc, FeedbackFormatError):
+                    log.warning("SNS notification on %s is not SES feedback: %s", message["TopicArn"], exc)
+                else:
+                    log.error(
+                        "SNS notification on %s could not be parsed: %s",
+                        message["TopicArn"],
+                        describe_error(exc),
+                    )
                 metrics.sns_rejected.labels("not_ses_feedback").inc()
                 recent.add(message_id)
                 return web.Response(text="ignored\n")
@@ -80,6 +92,9 @@ def sns_handler(
             except StoreError as exc:
                 log.error("could not record SES feedback: %s", exc)
                 return web.Response(status=503, text="store unavailable\n")
+            except Exception as exc:  # noqa: BLE001 - a bug: answer so that SNS retries, without a traceback
+                log.error("could not apply SES feedback from SNS: %s", describe_error(exc))
+                return web.Response(status=503, text="internal error\n")
         recent.add(message_id)
         return web.Response(text="ok\n")
 

@@ -456,3 +456,29 @@ def test_a_bug_met_while_handling_one_message_is_logged_counted_and_survived(
         assert "\n" not in text and record.exc_info is None and len(text) < 400, text
         assert "diagnosticCode" not in text  # a short prefix of the body at most, never all of it
     assert relay_stops_cleanly(relay)
+
+
+def test_if_polling_ever_ends_on_an_error_it_is_logged_at_once_and_shutdown_is_clean(
+    moto, sqs_proxy, relay_factory, monkeypatch, caplog
+):
+    """Beyond the per-message guard (a bug in the loop itself, simulated here): the poller's end is logged
+    when it happens, and stopping the relay afterwards does not raise it again."""
+    caplog.set_level(logging.WARNING, logger="relay.feedback.sqs")
+
+    async def broken_handle(self, message):
+        raise RuntimeError("a bug outside the per-message guard")
+
+    monkeypatch.setattr(sqs_module.SqsPoller, "_handle", broken_handle)
+    sqs = sqs_client(moto)
+    queue_url = sqs.create_queue(QueueName="ses-feedback", Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
+    sqs.send_message(QueueUrl=queue_url, MessageBody=bounce_envelope("jane@example.org"))
+    relay = start_poller_relay(relay_factory, moto, sqs_proxy, queue_url)
+
+    def ended_and_logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.name == "relay.feedback.sqs" and r.levelno == logging.CRITICAL]
+
+    assert wait_until(lambda: not poller_alive(relay) and ended_and_logged())
+    (text,) = ended_and_logged()
+    assert "RuntimeError: a bug outside the per-message guard" in text and queue_url in text
+    assert relay_stops_cleanly(relay)

@@ -91,6 +91,8 @@ JSON_VALUES = st.recursive(
     | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
+# At a known field, a scalar where SES puts an object or an array is the likeliest mistake: weight them up.
+FIELD_VALUES = JSON_SCALARS | JSON_VALUES
 
 
 def assert_sound(event: FeedbackEvent) -> None:
@@ -165,7 +167,7 @@ def mistyped_notifications(draw):
     payload.pop("eventType", None)
     payload[draw(st.sampled_from(["notificationType", "eventType"]))] = kind
     for path in draw(st.lists(st.sampled_from(FIELD_PATHS[kind] + COMMON_PATHS), min_size=1, max_size=3)):
-        put(payload, path, draw(JSON_VALUES))
+        put(payload, path, draw(FIELD_VALUES))
     return payload
 
 
