@@ -47,7 +47,10 @@ def resolve(region: str, endpoint_url: str | None) -> Endpoint:
     if child.returncode != 0:
         reason = child.stderr.strip().splitlines()[-1:] or [f"exit status {child.returncode}"]
         raise StartupError(reason[0])
-    answer = json.loads(child.stdout)
+    try:
+        answer = json.loads(child.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise StartupError(f"cannot resolve the SES endpoint for {region}: unexpected output") from None
     return Endpoint(
         answer["url"].rstrip("/"), answer["region"], answer["signing_name"] or DEFAULT_SIGNING_NAME
     )
