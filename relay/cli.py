@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import email.policy
+import os
 import smtplib
 import sys
 import time
@@ -14,7 +15,7 @@ from email.utils import make_msgid
 from pathlib import Path
 
 from relay import __version__
-from relay.config import Config, ConfigError, load_config, parse_host_port
+from relay.config import Config, ConfigError, honour_aws_region, load_config, parse_host_port
 from relay.logs import configure_logging
 from relay.suppression.base import Reason, StoreError, SuppressionEntry
 
@@ -393,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    honour_aws_region(os.environ)
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,7 +93,7 @@ class SmtpConfig(_Section):
 
 
 class SesConfig(_Section):
-    region: str | None = None  # None: the boto3 chain (AWS_REGION, profile, instance metadata)
+    region: str | None = None  # None: AWS_DEFAULT_REGION or AWS_REGION, then the profile's region
     endpoint_url: str | None = None
     configuration_set: str | None = None
     tags: dict[str, str] = {}
@@ -263,6 +264,17 @@ def default_state_dir() -> Path:
     xdg = os.environ.get("XDG_STATE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "state"
     return base / "ses-relay"
+
+
+def honour_aws_region(environ: MutableMapping[str, str]) -> None:
+    """Make botocore read AWS_REGION, as the other AWS SDKs, ECS and Lambda do.
+
+    botocore reads only AWS_DEFAULT_REGION, so a relay started with AWS_REGION=eu-west-1 (as our
+    systemd unit suggests) would silently send through us-east-1. AWS_DEFAULT_REGION, when set, wins.
+    Set in the process environment so every client (SES, SQS, DynamoDB, the endpoint child) agrees.
+    """
+    if environ.get("AWS_REGION") and not environ.get("AWS_DEFAULT_REGION"):
+        environ["AWS_DEFAULT_REGION"] = environ["AWS_REGION"]
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:

@@ -87,7 +87,8 @@ class RelayMetrics:
         )
 
         self.guard_refusals = Counter(
-            "ses_relay_guard_refusals_total", "MAIL FROM answered 451 by the reputation guard", registry=r)
+            "ses_relay_guard_refusals_total", "MAIL FROM answered 451 by the reputation guard", registry=r
+        )
 
     def register_gauge_callback(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A gauge computed at scrape time (store size, spool depth)."""

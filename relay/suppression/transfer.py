@@ -329,9 +329,7 @@ def _fold(text: str | None) -> str:
     return "" if text is None else text.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
 
 
-async def export_entries(
-    store: SuppressionStore, stream: IO[str], *, fmt: Format, full: bool = False
-) -> int:
+async def export_entries(store: SuppressionStore, stream: IO[str], *, fmt: Format, full: bool = False) -> int:
     """Write every entry (ordered by address key) to the text `stream`; returns how many.
 
     CSV: ``emailAddress,reason`` (SES bulk-import format), or with `full` also source, created_at

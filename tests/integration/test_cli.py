@@ -540,6 +540,24 @@ def smtp_send_until(port, recipient, wanted, seconds=5.0):
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("region_env, scope", [
+    ({"AWS_REGION": "eu-west-3"}, "eu-west-3"),  # botocore alone would ignore this one
+    ({"AWS_REGION": "eu-west-3", "AWS_DEFAULT_REGION": "ap-south-1"}, "ap-south-1"),
+])
+def test_region_from_the_environment_signs_the_send(tmp_path, region_env, scope):
+    with FakeSES() as fake:
+        env = {k: v for k, v in relay_env(tmp_path).items() if k not in ("AWS_REGION", "AWS_DEFAULT_REGION")}
+        env.update(region_env)
+        config = serve_config(free_port(), free_port(), fake.endpoint_url)
+        config["ses"]["region"] = None
+        with serving(tmp_path, env, config) as served:
+            code, reply = smtp_send(served.smtp_port, ["bob@example.org"])
+            assert code == 250, reply
+            assert served.terminate() == 0
+        (request,) = fake.requests
+        assert f"/{scope}/ses/aws4_request" in request.headers["Authorization"]
+
+
 def test_suppression_added_by_the_cli_is_honoured_by_the_running_relay(tmp_path):
     env = relay_env(tmp_path, aws=False)
     config = serve_config(free_port(), free_port(), None)
