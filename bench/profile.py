@@ -89,13 +89,14 @@ def main() -> int:
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--keepalive", action="store_true")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--latency", type=float, default=0.0, help="fake SES answer delay, seconds")
     parser.add_argument("--raw-out", type=Path, default=None)
     args = parser.parse_args()
     if not shutil.which("py-spy"):
         print("py-spy not found: pip install py-spy", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="ses-relay-profile-"))
-    relay = RelaySystem("relay-profile", workdir, latency=0.0, uvloop=args.uvloop)
+    relay = RelaySystem("relay-profile", workdir, latency=args.latency, uvloop=args.uvloop)
     relay.start()
     raw = args.raw_out or workdir / "stacks.txt"
     try:
