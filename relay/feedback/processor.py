@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 
 from relay.feedback.events import FeedbackEvent
 from relay.guard import ReputationGuard
@@ -98,3 +98,20 @@ class FeedbackProcessor:
             del self._transients[address_key(address)]
             return True
         return False
+
+
+class RecentIds:
+    """Bounded memory of MessageIds already applied: SNS and SQS may deliver a message more than once."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def __contains__(self, message_id: str) -> bool:
+        return message_id in self._ids
+
+    def add(self, message_id: str) -> None:
+        self._ids[message_id] = None
+        self._ids.move_to_end(message_id)
+        while len(self._ids) > self._size:
+            self._ids.popitem(last=False)

@@ -205,19 +205,3 @@ class SnsVerifier:
             raise SnsVerificationError("cert_url", "SubscribeURL region does not match the topic's region")
         return message
 
-
-class RecentIds:
-    """Bounded memory of MessageIds already applied: SNS may deliver a message more than once."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._size = size
-
-    def __contains__(self, message_id: str) -> bool:
-        return message_id in self._ids
-
-    def add(self, message_id: str) -> None:
-        self._ids[message_id] = None
-        self._ids.move_to_end(message_id)
-        while len(self._ids) > self._size:
-            self._ids.popitem(last=False)

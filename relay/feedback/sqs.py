@@ -23,7 +23,7 @@ from typing import Any
 import boto3
 
 from relay.feedback.events import FeedbackEvent, FeedbackFormatError, describe_error, parse_ses_notification
-from relay.feedback.processor import FeedbackProcessor
+from relay.feedback.processor import FeedbackProcessor, RecentIds
 from relay.metrics import RelayMetrics
 from relay.suppression.base import StoreError
 
@@ -64,6 +64,7 @@ class SqsPoller:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqs-poller")
         self._client: Any = None
         self._task: asyncio.Task | None = None
+        self._applied = RecentIds()  # MessageIds applied, in case their delete failed
         self.polls = 0  # completed receive calls, for tests and /readyz-style checks
 
     async def start(self) -> None:
@@ -123,7 +124,8 @@ class SqsPoller:
 
     async def _handle(self, message: dict[str, Any]) -> None:
         """Apply one message's event, then delete the message. On any failure the message stays in the
-        queue; only a failed delete after the event was stored means the event is applied again."""
+        queue. A message whose event was applied but whose delete failed comes back: it is then only
+        deleted (as SNS redeliveries are deduplicated by MessageId on /sns)."""
         message_id = message.get("MessageId")
         body = message.get("Body", "")
         try:
@@ -142,6 +144,11 @@ class SqsPoller:
                 _prefix(body),
             )
             return
+        if message_id and message_id in self._applied:
+            # Applied before and then its delete failed: delete it now, but count it once (the
+            # feedback metrics and the reputation guard would otherwise see the bounce twice).
+            await self._delete(message)
+            return
         try:
             await self._processor.apply(event, source="sqs")
         except StoreError as exc:
@@ -156,6 +163,11 @@ class SqsPoller:
                 describe_error(exc),
             )
             return
+        if message_id:
+            self._applied.add(message_id)
+        await self._delete(message)
+
+    async def _delete(self, message: dict[str, Any]) -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(
                 self._executor,
@@ -163,9 +175,9 @@ class SqsPoller:
                     QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"]
                 ),
             )
-        except Exception as exc:  # noqa: BLE001 - redelivery applies the event again, harmlessly
+        except Exception as exc:  # noqa: BLE001 - the message comes back; it is not applied twice
             self._metrics.sqs_errors.labels("delete").inc()
-            log.warning("SQS delete failed (the event will be applied again): %s", exc)
+            log.warning("SQS delete failed (the message will come back and be deleted then): %s", exc)
 
 
 def _prefix(body: Any) -> str:

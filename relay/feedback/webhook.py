@@ -15,8 +15,8 @@ import logging
 from aiohttp import web
 
 from relay.feedback.events import FeedbackFormatError, describe_error, parse_ses_notification
-from relay.feedback.processor import FeedbackProcessor
-from relay.feedback.sns import HttpGet, RecentIds, SnsVerificationError, SnsVerifier, https_get
+from relay.feedback.processor import FeedbackProcessor, RecentIds
+from relay.feedback.sns import HttpGet, SnsVerificationError, SnsVerifier, https_get
 from relay.metrics import RelayMetrics
 from relay.suppression.base import StoreError
 

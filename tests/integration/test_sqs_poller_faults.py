@@ -1,6 +1,6 @@
 """The SQS feedback poller under faults: a failing ReceiveMessage is counted and retried after a back-off,
 never in a tight loop, and polling recovers on its own; a failing DeleteMessage after the event is stored
-loses nothing: the message comes back after its visibility timeout and is applied again, idempotently.
+loses nothing: the message comes back after its visibility timeout and is deleted then, without being counted again.
 A message the poller cannot handle (wrongly typed SES JSON, or a bug met while handling it) is counted,
 logged on one line and left for the dead-letter queue, and the poller goes on with the next one.
 
@@ -305,7 +305,7 @@ def test_receive_answered_500_backs_off_and_recovers(
     assert sqs_proxy.count("ReceiveMessage", "failed") >= 3
 
 
-def test_failed_delete_keeps_the_event_and_the_message_is_applied_again(moto, sqs_proxy, relay_factory):
+def test_failed_delete_keeps_the_event_and_the_redelivery_is_not_counted_again(moto, sqs_proxy, relay_factory):
     sqs = sqs_client(moto)
     queue_url = sqs.create_queue(QueueName="ses-feedback", Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
     # As an IAM policy without sqs:DeleteMessage answers (not retried by botocore).
@@ -320,10 +320,12 @@ def test_failed_delete_keeps_the_event_and_the_message_is_applied_again(moto, sq
     assert rcpt_code(relay, "jane@example.org") == 550
     assert sqs_proxy.count("DeleteMessage", "failed") >= 1
     # Not lost: still in the queue (in flight or visible again), and redelivered after the visibility
-    # timeout, applied a second time and the delete tried again.
+    # timeout; the delete is tried again, but the event is not counted again (the guard would see
+    # the bounce twice).
     assert messages_in_queue(sqs, queue_url) == 1
-    assert wait_until(lambda: metric(relay, SQS_BOUNCES) >= 2 and metric(relay, DELETE_ERRORS) >= 2)
-    # Applying it again changed nothing: one entry, the same one.
+    assert wait_until(lambda: metric(relay, DELETE_ERRORS) >= 3)
+    assert metric(relay, SQS_BOUNCES) == 1
+    # The store still holds the one entry, unchanged.
     assert relay.call(relay.store.count()) == 1
     again = relay.call(relay.store.get("jane@example.org"))
     assert (again.address, again.reason, again.source, again.feedback_id) == (
@@ -339,6 +341,7 @@ def test_failed_delete_keeps_the_event_and_the_message_is_applied_again(moto, sq
     assert wait_until(lambda: messages_in_queue(sqs, queue_url) == 0)
     assert sqs_proxy.count("DeleteMessage", "forwarded") >= 1
     assert relay.call(relay.store.count()) == 1
+    assert metric(relay, SQS_BOUNCES) == 1
     assert metric(relay, RECEIVE_ERRORS) == 0
     assert poller_alive(relay)
 
