@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,7 +29,8 @@ from relay.metrics import RelayMetrics
 from relay.suppression.base import StoreError
 
 log = logging.getLogger("relay.feedback.sqs")
-ERROR_BACKOFF_SECONDS = 5.0
+ERROR_BACKOFF_SECONDS = 5.0  # after a failed receive; doubled on each failure in a row, up to:
+MAX_BACKOFF_SECONDS = 60.0  # a queue that stays broken is retried (and logged) once a minute
 BODY_PREFIX_CHARS = 60  # of a message body that could not be handled, in its log line
 
 
@@ -102,6 +104,7 @@ class SqsPoller:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        failures = 0
         while True:
             try:
                 messages = await loop.run_in_executor(self._executor, self._receive)
@@ -109,9 +112,18 @@ class SqsPoller:
                 raise
             except Exception as exc:  # noqa: BLE001 - network/credentials trouble: log, back off, retry
                 self._metrics.sqs_errors.labels("receive").inc()
-                log.error("SQS receive failed: %s: %s", exc.__class__.__name__, exc)
-                await asyncio.sleep(ERROR_BACKOFF_SECONDS)
+                delay = receive_backoff(failures)
+                failures += 1
+                log.error(
+                    "SQS receive failed (%d in a row; next try in %.0f s): %s: %s",
+                    failures,
+                    delay,
+                    exc.__class__.__name__,
+                    exc,
+                )
+                await asyncio.sleep(delay)
                 continue
+            failures = 0
             self.polls += 1
             for message in messages:
                 await self._handle(message)
@@ -178,6 +190,12 @@ class SqsPoller:
         except Exception as exc:  # noqa: BLE001 - the message comes back; it is not applied twice
             self._metrics.sqs_errors.labels("delete").inc()
             log.warning("SQS delete failed (the message will come back and be deleted then): %s", exc)
+
+
+def receive_backoff(failures: int) -> float:
+    """Seconds to wait after a failed receive that followed `failures` failed ones."""
+    delay = min(ERROR_BACKOFF_SECONDS * 2 ** min(failures, 30), MAX_BACKOFF_SECONDS)
+    return delay * random.uniform(0.8, 1.0)  # several relays on one queue do not retry in step
 
 
 def _prefix(body: Any) -> str:

@@ -168,6 +168,16 @@ def sqs_proxy(moto) -> Iterator[SqsFaultProxy]:
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Shorten the receive back-off so recovery is quick; the poller reads the constant on each failure."""
     monkeypatch.setattr(sqs_module, "ERROR_BACKOFF_SECONDS", TEST_BACKOFF_SECONDS)
+    monkeypatch.setattr(sqs_module, "MAX_BACKOFF_SECONDS", 2 * TEST_BACKOFF_SECONDS)
+
+
+def test_receive_backoff_doubles_up_to_the_cap_with_jitter():
+    base, cap = sqs_module.ERROR_BACKOFF_SECONDS, sqs_module.MAX_BACKOFF_SECONDS
+    for failures in range(40):
+        expected = min(base * 2**failures, cap)
+        delays = [sqs_module.receive_backoff(failures) for _ in range(50)]
+        assert all(0.8 * expected <= d <= expected for d in delays), (failures, delays)
+    assert sqs_module.receive_backoff(0) <= base < cap <= 60
 
 
 def sqs_client(moto):
