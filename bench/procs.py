@@ -33,23 +33,6 @@ def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = 
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def wait_smtp_banner(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    """Wait until an SMTP server answers its 220 greeting (a bare accept is not enough for postfix)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                if s.recv(512).startswith(b"220"):
-                    s.sendall(b"QUIT\r\n")
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"no SMTP greeting on 127.0.0.1:{port} after {timeout}s")
-
-
 def python_env(source: Path | None = None, **extra: str) -> dict[str, str]:
     """Environment for a child Python: `source` (default this repo) first on sys.path."""
     env = dict(os.environ)

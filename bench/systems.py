@@ -14,6 +14,7 @@ import yaml
 
 from bench import procs
 from bench.postfix import PrivatePostfix
+from tests.clients.postfix import wait_for_greeting
 
 SUPPRESSED = 10_000  # rows pre-filled in each relay's suppression table
 AWS_ENV = {
@@ -168,7 +169,7 @@ class RelaySystem(System):
             cwd=self.source,
             log=self.stderr_log,
         )
-        procs.wait_smtp_banner(self.port, proc=self.proc)
+        wait_for_greeting(self.port, timeout=30.0, process=self.proc)
         procs.wait_port(self.http_port, proc=self.proc)
 
     def pid(self) -> int | None:
@@ -212,7 +213,7 @@ class BareSystem(System):
     def start(self) -> None:
         args = ["-m", "bench.bare_aiosmtpd", "--port", str(self.port)] + (["--uvloop"] if self.uvloop else [])
         self.proc = procs.spawn_python(args, log=self.log)
-        procs.wait_smtp_banner(self.port, proc=self.proc)
+        wait_for_greeting(self.port, timeout=30.0, process=self.proc)
 
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None

@@ -53,6 +53,27 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
+def wait_for_greeting(port: int, *, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Until an SMTP server on 127.0.0.1:port answers 220 (a bare accept is not enough for Postfix).
+
+    Raises RuntimeError if `process` exits first, TimeoutError after `timeout` seconds. Also used by
+    the benchmark for every system it starts.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process {process.args!r} exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                if sock.recv(512).startswith(b"220"):
+                    sock.sendall(b"QUIT\r\n")
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"no SMTP greeting on 127.0.0.1:{port} after {timeout}s")
+
+
 class PostfixError(RuntimeError):
     """`postfix check` failed or smtpd did not come up; the message carries the output and the maillog."""
 
@@ -127,28 +148,12 @@ class PostfixInstance:
             stderr=subprocess.DEVNULL,
         )
         try:
-            self._wait_for_greeting()
+            # master accepts connections before an smtpd is there to answer: wait for the 220
+            wait_for_greeting(self.port, timeout=START_TIMEOUT, process=self.process)
         except (TimeoutError, RuntimeError) as exc:
             log = self.log()
             self.stop()
             raise PostfixError(f"private Postfix did not start:\n{log}") from exc
-
-    def _wait_for_greeting(self) -> None:
-        """Until smtpd answers 220 (master accepts connections before an smtpd is there to answer)."""
-        assert self.process is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"postfix start-fg exited with {self.process.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-                    if sock.recv(512).startswith(b"220"):
-                        sock.sendall(b"QUIT\r\n")
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"no SMTP greeting on 127.0.0.1:{self.port} after {START_TIMEOUT}s")
 
     def stop(self) -> None:
         if self.process is None:

@@ -213,6 +213,17 @@ class _Invalid(Exception):
         self.message = message
 
 
+def _parse_json(raw: bytes, rec: RecordedRequest | None) -> tuple[Any, str | None]:
+    """(body, None), or (None, SES's complaint) for a body that is not JSON; records a JSON object."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None, "Could not parse request body into json."
+    if rec is not None and isinstance(body, dict):
+        rec.body = body
+    return body, None
+
+
 def _count_destinations(dest: Any) -> int:
     if dest is None:
         return 0
@@ -483,14 +494,7 @@ class FakeSES:
             return await self._handle_suppression(request, suppression, raw, rec, answer, error)
 
         # Parse before applying faults so the request is recorded in full whatever happens to it.
-        body: Any = None
-        invalid: str | None = None
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            invalid = "Could not parse request body into json."
-        if rec is not None and isinstance(body, dict):
-            rec.body = body
+        body, invalid = _parse_json(raw, rec)
         if invalid is None:
             invalid = self._validate(body, rec)
 
@@ -590,12 +594,7 @@ class FakeSES:
         body: Any = None
         invalid: str | None = None
         if op == "put":
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                invalid = "Could not parse request body into json."
-            if rec is not None and isinstance(body, dict):
-                rec.body = body
+            body, invalid = _parse_json(raw, rec)
             if invalid is None:
                 invalid = self._validate_put(body)
 
