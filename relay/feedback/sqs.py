@@ -5,7 +5,8 @@ it in the queue, and SQS delivers it again after the visibility timeout. Bodies 
 (the usual SNS -> SQS subscription) or raw (raw message delivery). The queue's access policy is the
 trust boundary here, so SNS signatures are not checked on this path.
 
-boto3 does the SQS calls in one dedicated thread: a long poll blocks for up to `wait_time` seconds.
+boto3 does the SQS calls in one dedicated daemon thread: a long poll blocks for up to `wait_time`
+seconds and cannot be interrupted, so stop() does not wait for it (see SqsPoller.stop).
 
 One message never stops the poller: whatever goes wrong while handling it (not SES feedback, a store
 failure, even a bug) is logged on one line and counted in ses_relay_sqs_errors_total, the message is left
@@ -17,12 +18,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 import boto3
 
+from relay.aws import DEFAULT_REGION
+from relay.backoff import Backoff
 from relay.feedback.events import FeedbackEvent, FeedbackFormatError, describe_error, parse_ses_notification
 from relay.feedback.processor import FeedbackProcessor, RecentIds
 from relay.metrics import RelayMetrics
@@ -31,7 +36,11 @@ from relay.suppression.base import StoreError
 log = logging.getLogger("relay.feedback.sqs")
 ERROR_BACKOFF_SECONDS = 5.0  # after a failed receive; doubled on each failure in a row, up to:
 MAX_BACKOFF_SECONDS = 60.0  # a queue that stays broken is retried (and logged) once a minute
+RECEIVE_JITTER = 0.2  # a retry waits 80-100 % of its delay: relays on one queue do not retry in step
 BODY_PREFIX_CHARS = 60  # of a message body that could not be handled, in its log line
+STOP_GRACE_SECONDS = 1.0  # how long stop() lets a call in flight (a delete) finish
+
+T = TypeVar("T")
 
 
 def parse_sqs_body(body: str) -> FeedbackEvent:
@@ -44,6 +53,44 @@ def parse_sqs_body(body: str) -> FeedbackEvent:
     if isinstance(data, dict) and data.get("Type") == "Notification" and isinstance(data.get("Message"), str):
         data = data["Message"]  # SNS envelope around the SES JSON
     return parse_ses_notification(data)
+
+
+class _DaemonWorker:
+    """One daemon thread running calls in order. Unlike a ThreadPoolExecutor's worker, which the
+    interpreter joins at exit, a daemon thread blocked in a 20 s long poll does not keep the process
+    alive after the relay has stopped."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._closed = False
+
+    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        if self._closed:
+            raise RuntimeError("the SQS worker is stopped")
+        if not self._thread.is_alive():
+            self._thread.start()
+        future: Future[T] = Future()
+        self._calls.put((future, fn))
+        return asyncio.wrap_future(future)
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, fn = call
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while queued: never started
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
+                future.set_exception(exc)
+
+    def close(self, timeout: float) -> bool:
+        """Run nothing more; wait up to `timeout` for the call in flight. True if the thread ended."""
+        self._closed = True
+        self._calls.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
 
 class SqsPoller:
@@ -63,15 +110,14 @@ class SqsPoller:
         self._region = region
         self._endpoint_url = endpoint_url
         self._wait_time = wait_time
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqs-poller")
+        self._worker = _DaemonWorker("sqs-poller")
         self._client: Any = None
         self._task: asyncio.Task | None = None
         self._applied = RecentIds()  # MessageIds applied, in case their delete failed
         self.polls = 0  # completed receive calls, for tests and /readyz-style checks
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._client = await loop.run_in_executor(self._executor, self._make_client)
+        self._client = await self._worker.submit(self._make_client)
         self._task = asyncio.create_task(self._run(), name="sqs-poller")
         self._task.add_done_callback(self._stopped)
         log.info("polling %s for SES feedback", self.queue_url)
@@ -87,10 +133,17 @@ class SqsPoller:
 
     def _make_client(self) -> Any:
         session = boto3.Session(region_name=self._region)
-        region = self._region or session.region_name or _region_from_url(self.queue_url) or "us-east-1"
+        region = self._region or session.region_name or _region_from_url(self.queue_url) or DEFAULT_REGION
         return session.client("sqs", region_name=region, endpoint_url=self._endpoint_url)
 
     async def stop(self) -> None:
+        """Returns within about STOP_GRACE_SECONDS whatever the poll is doing.
+
+        A long poll in flight is abandoned, not awaited (it cannot be interrupted): the poll task is
+        cancelled, so messages it receives after this are neither applied nor deleted. Nothing is
+        lost: SQS delivers them again once their visibility timeout expires. The daemon thread then
+        ends with the process.
+        """
         if self._task is not None:
             self._task.cancel()
             try:
@@ -99,15 +152,18 @@ class SqsPoller:
                 pass
             except Exception:  # noqa: BLE001 - already logged by _stopped; shut down all the same
                 pass
-        # A receive in flight is abandoned, not awaited: its messages reappear after the visibility timeout.
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self._shut_down)
+
+    def _shut_down(self) -> None:
+        # Bounded: lets a delete in flight finish, gives up on a long poll (whose thread keeps the client).
+        if self._worker.close(STOP_GRACE_SECONDS) and self._client is not None:
+            self._client.close()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         failures = 0
         while True:
             try:
-                messages = await loop.run_in_executor(self._executor, self._receive)
+                messages = await self._worker.submit(self._receive)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - network/credentials trouble: log, back off, retry
@@ -181,11 +237,10 @@ class SqsPoller:
 
     async def _delete(self, message: dict[str, Any]) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor,
+            await self._worker.submit(
                 lambda: self._client.delete_message(
                     QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"]
-                ),
+                )
             )
         except Exception as exc:  # noqa: BLE001 - the message comes back; it is not applied twice
             self._metrics.sqs_errors.labels("delete").inc()
@@ -194,8 +249,9 @@ class SqsPoller:
 
 def receive_backoff(failures: int) -> float:
     """Seconds to wait after a failed receive that followed `failures` failed ones."""
-    delay = min(ERROR_BACKOFF_SECONDS * 2 ** min(failures, 30), MAX_BACKOFF_SECONDS)
-    return delay * random.uniform(0.8, 1.0)  # several relays on one queue do not retry in step
+    # Built per call from the module's numbers, so tests can shorten them.
+    policy = Backoff(ERROR_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, jitter=RECEIVE_JITTER)
+    return policy.delay(failures + 1)
 
 
 def _prefix(body: Any) -> str:

@@ -9,6 +9,7 @@ however malformed, is answered with an unhandled exception (a 500 and a tracebac
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -33,6 +34,7 @@ def sns_handler(
     http_get: HttpGet = https_get,
 ):
     recent = RecentIds()
+    in_flight: dict[str, asyncio.Future[bool]] = {}  # MessageId being applied -> applied for good?
 
     def refuse(status: int, reason: str, text: str) -> web.Response:
         metrics.sns_rejected.labels(reason).inc()
@@ -59,9 +61,29 @@ def sns_handler(
         except SnsVerificationError as exc:
             return refuse(403, exc.reason, str(exc))
 
-        kind, message_id = message["Type"], message["MessageId"]
-        if message_id in recent:
+        message_id = message["MessageId"]
+        # Claimed before the first await, so a copy arriving while this one is applied is not applied
+        # again; given back unless the answer is final, so that SNS's retry is applied.
+        if not recent.claim(message_id):
+            first = in_flight.get(message_id)
+            if first is not None and not await asyncio.shield(first):
+                # The copy being applied failed: this one must not be acknowledged, or SNS stops trying.
+                return web.Response(status=503, text="retry\n")
             return web.Response(text="duplicate\n")
+        outcome = in_flight[message_id] = asyncio.get_running_loop().create_future()
+        done = False
+        try:
+            response = await handle_verified(message)
+            done = response.status < 500
+            return response
+        finally:
+            del in_flight[message_id]
+            outcome.set_result(done)
+            if not done:
+                recent.release(message_id)
+
+    async def handle_verified(message: dict) -> web.Response:
+        kind = message["Type"]
         if kind == "SubscriptionConfirmation":
             try:
                 await http_get(message["SubscribeURL"])
@@ -85,7 +107,6 @@ def sns_handler(
                         describe_error(exc),
                     )
                 metrics.sns_rejected.labels("not_ses_feedback").inc()
-                recent.add(message_id)
                 return web.Response(text="ignored\n")
             try:
                 await processor.apply(event, source="sns")
@@ -95,7 +116,6 @@ def sns_handler(
             except Exception as exc:  # noqa: BLE001 - a bug: answer so that SNS retries, without a traceback
                 log.error("could not apply SES feedback from SNS: %s", describe_error(exc))
                 return web.Response(status=503, text="internal error\n")
-        recent.add(message_id)
         return web.Response(text="ok\n")
 
     return handle

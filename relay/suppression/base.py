@@ -39,7 +39,8 @@ class SuppressionEntry:
 
 
 class SuppressionStore(Protocol):
-    """Implementations: relay.suppression.memory.MemoryStore, relay.suppression.sqlite.SqliteStore."""
+    """Implementations: relay.suppression.memory.MemoryStore, relay.suppression.sqlite.SqliteStore,
+    relay.suppression.dynamodb.DynamoDbStore."""
 
     async def open(self) -> None:
         """Open or create the store. Raises StoreError with a one-line reason on failure."""
@@ -61,10 +62,23 @@ class SuppressionStore(Protocol):
         """Remove the entry; True when there was one."""
         ...
 
-    async def count(self) -> int: ...
+    async def count(self) -> int:
+        """Exactly how many entries there are; may read the whole store (DynamoDB: a full Scan)."""
+        ...
+
+    async def approximate_count(self) -> int:
+        """A cheap size for gauges, called every minute while serving: never reads the whole store.
+
+        Exact for sqlite and memory; DynamoDB reports DescribeTable's ItemCount, which AWS refreshes
+        about every six hours.
+        """
+        ...
 
     def iter_entries(self) -> AsyncIterator[SuppressionEntry]:
-        """All entries ordered by key."""
+        """Every entry once, streamed (never the whole store in memory).
+
+        sqlite and memory yield them ordered by key; DynamoDB in its own (hash) order.
+        """
         ...
 
     def healthy(self) -> bool:

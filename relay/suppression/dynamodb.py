@@ -18,8 +18,11 @@ DeleteItem, Scan (and CreateTable for `create-table`).
 
 Cost model: get/put/delete are single-item calls (get is a strongly consistent read, so a write by
 another instance is seen by the next RCPT). count() and iter_entries() are Scans, O(table), for the
-CLI and exports, never for the SMTP path. A partition key cannot be an empty string, so a blank
-address cannot be stored here (put raises StoreError; get/delete simply find nothing).
+CLI and exports, never for the SMTP path nor the store-size gauge: approximate_count() is one
+DescribeTable, whose ItemCount AWS refreshes only about every six hours. iter_entries() streams
+the Scan page by page (SCAN_PAGE_SIZE items), in DynamoDB's order, not sorted by key. A partition key
+cannot be an empty string, so a blank address cannot be stored here (put raises StoreError;
+get/delete simply find nothing).
 
 Every boto3 call blocks, so all of them run on a dedicated thread pool (several workers, so lookups
 from concurrent RCPTs do not queue behind each other); the client is built and closed on it too.
@@ -30,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import random
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -42,6 +44,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
+from relay.backoff import Backoff
 from relay.suppression.base import Reason, StoreError, SuppressionEntry, address_key
 
 T = TypeVar("T")
@@ -52,11 +55,12 @@ READ_TIMEOUT = 10.0  # seconds per attempt; botocore retries (standard mode) on 
 MAX_ATTEMPTS = 3  # botocore attempts per call, including the first
 BATCH_SIZE = 25  # BatchWriteItem limit
 BATCH_ATTEMPTS = 8  # BatchWriteItem calls per chunk while DynamoDB leaves items unprocessed
-BACKOFF_BASE = 0.05  # seconds; doubled per attempt, capped, jittered
+BACKOFF_BASE = 0.05  # seconds; doubled per attempt, capped, equal jitter (relay.backoff)
 BACKOFF_CAP = 2.0
 CREATE_TIMEOUT = 300.0  # seconds to wait for a new table to become ACTIVE
 CREATE_POLL = 1.0
 MAX_KEY_BYTES = 2048  # DynamoDB partition key limit
+SCAN_PAGE_SIZE = 1000  # items per Scan call in iter_entries: what an export holds in memory at once
 
 CREATE_TABLE_HINT = "run `ses-relay suppression create-table`"
 
@@ -365,7 +369,7 @@ class DynamoDbStore:
         pending: list[dict[str, Any]] = requests
         for attempt in range(BATCH_ATTEMPTS):
             if attempt:
-                time.sleep(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+                time.sleep(Backoff(BACKOFF_BASE, BACKOFF_CAP, jitter=0.5).delay(attempt))
             response = client.batch_write_item(RequestItems={self._table: pending})
             pending = (response.get("UnprocessedItems") or {}).get(self._table) or []
             if not pending:
@@ -389,7 +393,7 @@ class DynamoDbStore:
         return bool(response.get("Attributes"))
 
     async def count(self) -> int:
-        """A full (consistent) Scan with Select=COUNT: O(table) in time and read capacity."""
+        """A full (consistent) Scan with Select=COUNT: O(table) in time and read capacity; for the CLI."""
         return await self._run(self._count_sync)
 
     def _count_sync(self) -> int:
@@ -406,30 +410,33 @@ class DynamoDbStore:
             if not start:
                 return total
 
-    async def iter_entries(self) -> AsyncIterator[SuppressionEntry]:
-        """All entries ordered by key.
+    async def approximate_count(self) -> int:
+        """DescribeTable's ItemCount: one cheap call, but AWS updates it only about every six hours."""
+        return await self._run(self._item_count_sync)
 
-        DynamoDB has no order across partition keys, so this Scans the whole table (page by page,
-        each page its own call) into memory and sorts it before yielding the first entry: fine for
-        exporting suppression lists (tens of thousands to a few million rows, ~1 KB each at most),
-        not for anything on the SMTP path. The result is a snapshot, so callers may modify the
-        store while iterating.
+    def _item_count_sync(self) -> int:
+        return int(self._db().describe_table(TableName=self._table)["Table"].get("ItemCount", 0))
+
+    async def iter_entries(self) -> AsyncIterator[SuppressionEntry]:
+        """All entries, in DynamoDB's (hash) order: there is no order across partition keys.
+
+        Streams: one Scan page (SCAN_PAGE_SIZE items) is held at a time, so exporting a table of
+        millions of rows costs one page of memory. An entry written or deleted by another instance
+        while the Scan runs may or may not be seen (DynamoDB's Scan gives no snapshot); every entry
+        present throughout is yielded exactly once. Callers may modify the store while iterating.
         """
-        entries: list[SuppressionEntry] = []
         start: dict[str, Any] | None = None
         while True:
             page, start = await self._run(self._page_sync, start)
-            entries.extend(page)
+            for entry in page:
+                yield entry
             if not start:
-                break
-        entries.sort(key=lambda e: e.key)
-        for entry in entries:
-            yield entry
+                return
 
     def _page_sync(
         self, start: dict[str, Any] | None
     ) -> tuple[list[SuppressionEntry], dict[str, Any] | None]:
-        kwargs: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True}
+        kwargs: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True, "Limit": SCAN_PAGE_SIZE}
         if start is not None:
             kwargs["ExclusiveStartKey"] = start
         response = self._db().scan(**kwargs)

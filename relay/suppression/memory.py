@@ -54,6 +54,9 @@ class MemoryStore:
         self._check_open()
         return len(self._entries)
 
+    async def approximate_count(self) -> int:
+        return await self.count()  # exact and free
+
     async def iter_entries(self) -> AsyncIterator[SuppressionEntry]:
         self._check_open()
         # Snapshot so callers may modify the store while iterating.

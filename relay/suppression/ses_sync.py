@@ -19,7 +19,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,9 @@ from typing import Any
 
 import botocore.exceptions
 
+from relay.aws import DEFAULT_REGION
+from relay.backoff import Backoff
+from relay.files import atomic_write
 from relay.suppression.base import Reason, SuppressionEntry, SuppressionStore
 
 __all__ = [
@@ -44,6 +46,7 @@ SOURCE = "ses-sync"
 MAX_PAGE_SIZE = 1000  # SES's limit for ListSuppressedDestinations
 MAX_TRIES = 5  # attempts per request on throttling / transient errors
 BACKOFF_SECONDS = 1.0  # first retry delay; doubles each time (1, 2, 4, 8 s)
+BACKOFF_CAP_SECONDS = 60.0  # only reached with a larger max_tries
 STATE_VERSION = 1
 SES_REASONS = (Reason.BOUNCE.value, Reason.COMPLAINT.value)
 
@@ -82,8 +85,6 @@ def sesv2_client_factory(region: str | None, endpoint_url: str | None) -> Callab
         import boto3
         import botocore.config
 
-        from relay.ses.client import DEFAULT_REGION
-
         session = boto3.Session(region_name=region)
         return session.client(
             "sesv2",
@@ -102,7 +103,7 @@ class _Caller:
         self._client = client
         self._interval = 1.0 / rate if rate else 0.0
         self._max_tries = max_tries
-        self._backoff = backoff
+        self._backoff = Backoff(backoff, BACKOFF_CAP_SECONDS)  # no jitter: one caller, paced anyway
         self._last_response: float | None = None
         self.throttled = 0
 
@@ -141,7 +142,7 @@ class _Caller:
                 raise SyncError(f"{operation}: {exc}") from None
             finally:
                 self._last_response = time.monotonic()
-            delay = self._backoff * 2 ** (attempt - 1)
+            delay = self._backoff.delay(attempt)
             log.warning("%s; retry %d/%d in %.1fs", text, attempt, self._max_tries - 1, delay)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -166,18 +167,14 @@ def _load_state(path: Path) -> str | None:
 
 
 def _save_state(path: Path, token: str) -> None:
-    """Atomically replace the state file (write a temporary file, fsync, rename)."""
+    """Atomically and durably replace the state file (relay.files.atomic_write)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     data = {"version": STATE_VERSION, "next_token": token, "saved_at": time.time()}
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data).encode("utf-8"))
 
 
 def _remove_state(path: Path) -> None:
+    # (path.tmp: the temporary file name used before relay.files, in case one was left behind)
     for p in (path, path.with_name(path.name + ".tmp")):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()

@@ -35,7 +35,7 @@ from itertools import islice
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from relay.smtp.addresses import AddressError, check_address
+from relay.addresses import AddressError, check_address
 from relay.suppression.base import Reason, SuppressionEntry, SuppressionStore
 
 __all__ = ["CSV_HEADER", "ImportResult", "export_entries", "import_entries", "guess_format"]
@@ -330,7 +330,10 @@ def _fold(text: str | None) -> str:
 
 
 async def export_entries(store: SuppressionStore, stream: IO[str], *, fmt: Format, full: bool = False) -> int:
-    """Write every entry (ordered by address key) to the text `stream`; returns how many.
+    """Write every entry to the text `stream` as the store yields it; returns how many.
+
+    Streams: rows are written as they come (sqlite and memory in address-key order, DynamoDB page by
+    page in its Scan order), so exporting a big table holds one page, never the list.
 
     CSV: ``emailAddress,reason`` (SES bulk-import format), or with `full` also source, created_at
     (unix seconds), feedback_id, detail. JSON lines always carry every field. The stream is not

@@ -68,3 +68,20 @@ def test_sync_from_ses_and_add_to_ses(env):
         manual = run_cli("suppression", "add", "m@example.org", "--to-ses", env=env)
         assert manual.returncode == 1 and "BOUNCE or COMPLAINT" in manual.stderr
         assert "m@example.org" not in fake.suppressed
+
+
+def test_a_failed_export_keeps_the_previous_file_and_a_good_one_replaces_it(env, tmp_path):
+    """Before: FILE was truncated before the store was opened, so a failing export destroyed the last backup."""
+    backup = tmp_path / "backup.csv"
+    previous = b"emailAddress,reason\r\nkept@example.org,BOUNCE\r\n"
+    backup.write_bytes(previous)
+    (tmp_path / "not-a-db").mkdir()
+    broken = {**env, "SES_RELAY_SUPPRESSION__PATH": str(tmp_path / "not-a-db")}  # a directory: unopenable
+    failed = run_cli("suppression", "export", str(backup), env=broken)
+    assert failed.returncode == 1 and "directory" in failed.stderr
+    assert backup.read_bytes() == previous
+    assert run_cli("suppression", "add", "new@example.org", "--reason", "BOUNCE", env=env).returncode == 0
+    done = run_cli("suppression", "export", str(backup), env=env)
+    assert done.returncode == 0, done.stderr
+    assert backup.read_text().splitlines() == ["emailAddress,reason", "new@example.org,BOUNCE"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.csv", "not-a-db", "state"]  # no temporary left

@@ -222,3 +222,115 @@ def test_all_metrics_with_feedback_and_guard_pass_promtool(moto, relay_factory, 
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == ""
+
+
+# --- two copies of one SNS message at once ---------------------------------------------------------
+
+
+class CountingVerifier:
+    """The real SnsVerifier; `both_verified` is set once two copies have passed it. The handler goes on
+    without yielding from there to its dedupe decision, so when the test wakes up both have decided."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.verified = 0
+        self.both_verified = None
+
+    async def verify(self, message):
+        result = await self.inner.verify(message)
+        self.verified += 1
+        if self.verified == 2:
+            self.both_verified.set()
+        return result
+
+
+class SlowStore:
+    """A real MemoryStore whose writes wait for `release` (so two requests overlap) and are counted."""
+
+    def __init__(self) -> None:
+        from relay.suppression.memory import MemoryStore
+
+        self.inner = MemoryStore()
+        self.release = None  # asyncio.Events, made on the test's loop
+        self.writing = None
+        self.writes_started = 0
+        self.fail_next = False
+
+    async def put_many(self, entries):
+        from relay.suppression.base import StoreError
+
+        self.writes_started += 1
+        self.writing.set()
+        await self.release.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise StoreError("store unavailable (test)")
+        return await self.inner.put_many(entries)
+
+
+async def post_twice_at_once(fake_sns, message: dict, *, fail_first: bool = False):
+    """POST the same signed message twice, concurrently, to a real aiohttp app on 127.0.0.1."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from relay.feedback.processor import FeedbackProcessor
+    from relay.feedback.sns import SnsVerifier
+    from relay.feedback.webhook import sns_handler
+    from relay.metrics import RelayMetrics
+
+    store, metrics = SlowStore(), RelayMetrics()
+    store.release, store.writing = asyncio.Event(), asyncio.Event()
+    store.fail_next = fail_first
+    await store.inner.open()
+    verifier = CountingVerifier(SnsVerifier([TOPIC_ARN], fetch_certificate=fake_sns.http_get))
+    verifier.both_verified = asyncio.Event()
+    app = web.Application()
+    app.router.add_post("/sns", sns_handler(verifier, FeedbackProcessor(store, metrics), metrics,
+                                            http_get=fake_sns.http_get))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/sns"
+    body = json.dumps(message).encode()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+            async def post() -> tuple[int, str]:
+                async with session.post(url, data=body, headers={"x-amz-sns-message-type": "Notification"}) as r:
+                    return r.status, (await r.text()).strip()
+
+            first = asyncio.create_task(post())
+            await store.writing.wait()  # the first copy is inside the store write
+            second = asyncio.create_task(post())
+            await verifier.both_verified.wait()  # the second copy is past its dedupe check too
+            store.release.set()
+            answers = sorted(await asyncio.gather(first, second))
+            retry = await post()  # SNS's later retry of the same message
+    finally:
+        await runner.cleanup()
+    bounces = metrics.registry.get_sample_value(
+        "ses_relay_feedback_events_total", {"type": "Bounce", "subtype": "Permanent/General", "source": "sns"}
+    )
+    return answers, retry, store.writes_started, bounces, await store.inner.count()
+
+
+def test_two_concurrent_copies_of_one_sns_message_are_applied_once(fake_sns):
+    import asyncio
+
+    message = fake_sns.notification(bounce_for("twice@example.org"))
+    answers, retry, writes, bounces, entries = asyncio.run(post_twice_at_once(fake_sns, message))
+    assert answers == [(200, "duplicate"), (200, "ok")]
+    assert retry == (200, "duplicate")
+    assert (writes, bounces, entries) == (1, 1.0, 1)
+
+
+def test_when_the_first_copy_fails_the_concurrent_one_is_not_acknowledged_and_the_retry_applies(fake_sns):
+    import asyncio
+
+    message = fake_sns.notification(bounce_for("retry@example.org"))
+    answers, retry, writes, bounces, entries = asyncio.run(post_twice_at_once(fake_sns, message, fail_first=True))
+    assert answers == [(503, "retry"), (503, "store unavailable")]  # SNS keeps trying
+    assert retry == (200, "ok")  # the id was released: the retry is applied
+    assert (writes, entries) == (2, 1)

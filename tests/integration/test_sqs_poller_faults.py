@@ -495,3 +495,101 @@ def test_if_polling_ever_ends_on_an_error_it_is_logged_at_once_and_shutdown_is_c
     (text,) = ended_and_logged()
     assert "RuntimeError: a bug outside the per-message guard" in text and queue_url in text
     assert relay_stops_cleanly(relay)
+
+
+# --- shutdown: the 20 s long poll does not hold the process ------------------------------------------
+
+LONG_POLL = 20  # seconds, SQS's maximum and the relay's default wait_time
+STOP_BOUND = 10.0  # generous, and well inside LONG_POLL: a stop that waited for the poll cannot meet it
+
+_POLLER_PROCESS = """
+import asyncio, sys
+from relay.feedback.processor import FeedbackProcessor
+from relay.feedback.sqs import SqsPoller
+from relay.metrics import RelayMetrics
+from relay.suppression.memory import MemoryStore
+
+async def main(queue_url, endpoint_url):
+    store = MemoryStore()
+    await store.open()
+    metrics = RelayMetrics()
+    poller = SqsPoller(queue_url, FeedbackProcessor(store, metrics), metrics,
+                       region="us-east-1", endpoint_url=endpoint_url, wait_time=int(sys.argv[3]))
+    await poller.start()
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # "stop"
+    await poller.stop()
+    print("stopped", flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_the_process_exits_while_a_long_poll_is_in_flight(moto, sqs_proxy):
+    """Before: stop() returned, but the pool thread in its 20 s ReceiveMessage kept the process alive."""
+    import os
+    import subprocess
+    import sys
+
+    queue_url = sqs_client(moto).create_queue(QueueName=f"idle-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    process = subprocess.Popen(
+        [sys.executable, "-c", _POLLER_PROCESS, queue_url, sqs_proxy.endpoint_url, str(LONG_POLL)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+    )
+    try:
+        # the long poll against the empty queue has reached moto (which holds it for LONG_POLL s)
+        assert wait_until(lambda: sqs_proxy.count("ReceiveMessage") >= 1, timeout=STOP_BOUND)
+        process.stdin.write("stop\n")
+        process.stdin.flush()
+        out, err = process.communicate(timeout=STOP_BOUND)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert (process.returncode, out.strip()) == (0, "stopped"), err
+    assert sqs_proxy.count("ReceiveMessage") == 1  # the exit did not wait for the poll to end
+
+
+def test_a_message_the_abandoned_poll_receives_after_stop_is_neither_applied_nor_deleted(moto, sqs_proxy):
+    import asyncio
+
+    from relay.metrics import RelayMetrics
+    from relay.suppression.memory import MemoryStore
+
+    sqs = sqs_client(moto)
+    queue_url = sqs.create_queue(QueueName=f"late-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    store, metrics = MemoryStore(), RelayMetrics()
+    poller = sqs_module.SqsPoller(
+        queue_url,
+        FeedbackProcessor(store, metrics),
+        metrics,
+        region="us-east-1",
+        endpoint_url=sqs_proxy.endpoint_url,
+        wait_time=LONG_POLL,
+    )
+    stopped = threading.Event()
+
+    async def run() -> None:
+        await store.open()
+        await poller.start()
+        await asyncio.get_running_loop().run_in_executor(
+            None, wait_until, lambda: sqs_proxy.count("ReceiveMessage") >= 1, STOP_BOUND
+        )
+        await poller.stop()
+        stopped.set()
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
+    thread.start()
+    thread.join(STOP_BOUND)
+    assert stopped.is_set() and not thread.is_alive()  # stop() returned long before the poll could end
+    # The poll still waiting in moto now takes this message, into a thread nobody listens to any more.
+    sqs.send_message(QueueUrl=queue_url, MessageBody=bounce_envelope("late@example.com"))
+    # Once that poll has returned the poller's thread ends (a delete would have come before).
+    assert wait_until(lambda: not any(t.name.startswith("sqs-poller") for t in threading.enumerate()), STOP_BOUND)
+    assert messages_in_queue(sqs, queue_url) == 1  # received (invisible for a while), not deleted
+    assert sqs_proxy.count("DeleteMessage") == 0
+    assert metrics.registry.get_sample_value(*SQS_BOUNCES) in (None, 0.0)
+    assert asyncio.run(store.get("late@example.com")) is None

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.smtp.addresses import AddressError, check_address, is_null_sender
+from relay.addresses import AddressError, check_address, is_null_sender
 
 # An independent statement of what an accepted address looks like (RFC 5321 narrowed for SES).
 ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"

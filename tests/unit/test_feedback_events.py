@@ -297,6 +297,53 @@ def test_transient_bounces_suppress_after_threshold_within_window():
     assert entry is not None and entry.reason is Reason.BOUNCE
 
 
+
+def transient_bounce(address: str) -> FeedbackEvent:
+    event = load("bounce_transient_event.json")
+    event["bounce"]["bouncedRecipients"][0]["emailAddress"] = address
+    return parse_ses_notification(event)
+
+
+def test_transient_bounce_tracker_forgets_addresses_once_the_window_has_passed():
+    """Before: an address was forgotten only when it reached the threshold, so one bounce each grew it forever."""
+    now = [1000.0]
+
+    async def scenario():
+        store = MemoryStore()
+        await store.open()
+        processor = FeedbackProcessor(store, RelayMetrics(), transient_suppress_after=3, transient_window=100,
+                                      clock=lambda: now[0])
+        for i in range(1000):
+            await processor.apply(transient_bounce(f"once{i}@example.org"), source="sqs")
+        tracked_within_window = processor.transient_addresses()
+        now[0] += 101
+        tracked_after_window = processor.transient_addresses()
+        await processor.apply(transient_bounce("later@example.org"), source="sqs")
+        return tracked_within_window, tracked_after_window, processor.transient_addresses(), await store.count()
+
+    assert run(scenario()) == (1000, 0, 1, 0)
+
+
+def test_transient_bounce_tracker_is_capped_and_evicts_the_least_recently_bounced():
+    now = [1000.0]
+
+    async def scenario():
+        store = MemoryStore()
+        await store.open()
+        processor = FeedbackProcessor(store, RelayMetrics(), transient_suppress_after=2, transient_window=10_000,
+                                      transient_max_addresses=50, clock=lambda: now[0])
+        for i in range(200):
+            now[0] += 1
+            await processor.apply(transient_bounce(f"a{i}@example.org"), source="sqs")
+        tracked = processor.transient_addresses()
+        evicted = await processor.apply(transient_bounce("a0@example.org"), source="sqs")  # its count restarted
+        kept = await processor.apply(transient_bounce("a199@example.org"), source="sqs")  # its second: suppress
+        return tracked, evicted, kept, processor.transient_addresses()
+
+    # a0 pushed out a150 (the least recently bounced); a199 was suppressed, so no longer counted
+    assert run(scenario()) == (50, 0, 1, 49)
+
+
 # --- the SNS endpoint (relay.feedback.webhook), in-process on 127.0.0.1 ------------------------------------------
 
 def sns_app(fake_sns: FakeSns, store: MemoryStore, metrics: RelayMetrics) -> web.Application:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.smtp.addresses import check_address
+from relay.addresses import check_address
 from relay.suppression.base import Reason, StoreError, SuppressionEntry
 from relay.suppression.memory import MemoryStore
 from relay.suppression.sqlite import SqliteStore

@@ -1,4 +1,6 @@
-"""Envelope address checks, done at MAIL FROM / RCPT TO time.
+"""Envelope address checks: at MAIL FROM / RCPT TO time, and on every row of a suppression import.
+
+Shared by the SMTP layer and the suppression store, so it depends on neither.
 
 Amazon SES rejects the whole SendEmail call when any one destination is malformed, non-ASCII
 (no SMTPUTF8) or an address literal. Checking each address when the client gives it lets us refuse
