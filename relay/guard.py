@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 
 from relay.metrics import RelayMetrics
 
@@ -30,7 +31,7 @@ class ReputationGuard:
         min_sends: int,
         max_bounce_rate: float,
         max_complaint_rate: float,
-        clock=time.time,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._enabled = enabled
         self._window = window

@@ -48,7 +48,7 @@ def _bad(reason: str) -> MessageError:
 
 @dataclass(slots=True)
 class PreparedMessage:
-    raw: bytes  # what goes to SES as Content.Raw
+    raw: bytes | bytearray  # what goes to SES as Content.Raw; prepare's input itself when nothing was removed
     message_id: str | None  # first Message-ID, for logs only
     configuration_set: str | None
     tags: dict[str, str]
@@ -65,12 +65,12 @@ class _Field:
     colon: int  # offset of the ':' (or -1)
     end: int  # offset just past the field's last line ending
 
-    def value(self, raw: bytes) -> bytes:
+    def value(self, raw: bytes | bytearray) -> bytes:
         """Unfolded value (RFC 5322 unfolding: drop the line breaks), whitespace stripped."""
-        return raw[self.colon + 1 : self.end].replace(b"\r\n", b"").replace(b"\n", b"").strip()
+        return bytes(raw[self.colon + 1 : self.end]).replace(b"\r\n", b"").replace(b"\n", b"").strip()
 
 
-def _scan_header(raw: bytes) -> list[_Field]:
+def _scan_header(raw: bytes | bytearray) -> list[_Field]:
     """Split the header block into fields. Stops at the first empty line; the body is not read."""
     fields: list[_Field] = []
     pos, size = 0, len(raw)

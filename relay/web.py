@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 ReadinessCheck = Callable[[], tuple[bool, str]]
+RequestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def build_app(
-    registry: CollectorRegistry, checks: dict[str, ReadinessCheck], sns_handler=None
+    registry: CollectorRegistry, checks: dict[str, ReadinessCheck], sns_handler: RequestHandler | None = None
 ) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         body = generate_latest(registry)

@@ -161,7 +161,7 @@ def _recipients(
 ) -> tuple[str, ...]:
     """SES recipient objects (``{"emailAddress": ..., "diagnosticCode": ...}``); a bare address string is
     accepted too. Entries without a usable address are skipped; diagnostic codes go to `diagnostics`."""
-    found = []
+    found: list[str] = []
     for index, item in enumerate(_array(parent, key, path)):
         item_path = f"{path}[{index}]"
         if isinstance(item, str):
@@ -230,10 +230,9 @@ def parse_ses_notification(payload: str | bytes | dict[str, Any]) -> FeedbackEve
         raise FeedbackFormatError("not a JSON object")
     kind = _event_type(payload)
     mail = _object(payload, "mail", "mail") or {}
-    common = {
-        "message_id": _string(mail, "messageId", "mail.messageId"),
-        "timestamp": _string(mail, "timestamp", "mail.timestamp"),
-    }
+    # Passed by name, not as **dict: a dict of str | None would hide a wrong field from the type checker.
+    message_id = _string(mail, "messageId", "mail.messageId")
+    timestamp = _string(mail, "timestamp", "mail.timestamp")
 
     if kind == "Bounce":
         bounce = _object(payload, "bounce", "bounce")
@@ -249,7 +248,8 @@ def parse_ses_notification(payload: str | bytes | dict[str, Any]) -> FeedbackEve
             recipients=recipients,
             feedback_id=_string(bounce, "feedbackId", "bounce.feedbackId"),
             detail="; ".join(diagnostics)[:500],
-            **common,
+            message_id=message_id,
+            timestamp=timestamp,
         )
     if kind == "Complaint":
         complaint = _object(payload, "complaint", "complaint")
@@ -261,14 +261,16 @@ def parse_ses_notification(payload: str | bytes | dict[str, Any]) -> FeedbackEve
             recipients=_recipients(complaint, "complainedRecipients", "complaint.complainedRecipients"),
             feedback_id=_string(complaint, "feedbackId", "complaint.feedbackId"),
             detail=_string(complaint, "complaintSubType", "complaint.complaintSubType") or "",
-            **common,
+            message_id=message_id,
+            timestamp=timestamp,
         )
     if kind == "Delivery":
         delivery = _object(payload, "delivery", "delivery") or {}
         return FeedbackEvent(
             type="Delivery",
             recipients=_address_strings(delivery, "recipients", "delivery.recipients"),
-            **common,
+            message_id=message_id,
+            timestamp=timestamp,
         )
     if kind == "DeliveryDelay":
         delay = _object(payload, "deliveryDelay", "deliveryDelay") or {}
@@ -276,7 +278,8 @@ def parse_ses_notification(payload: str | bytes | dict[str, Any]) -> FeedbackEve
             type="DeliveryDelay",
             subtype=_string(delay, "delayType", "deliveryDelay.delayType") or "",
             recipients=_recipients(delay, "delayedRecipients", "deliveryDelay.delayedRecipients"),
-            **common,
+            message_id=message_id,
+            timestamp=timestamp,
         )
     # Send, Reject, Open, Click, ...: counted only.
-    return FeedbackEvent(type=kind, **common)
+    return FeedbackEvent(type=kind, message_id=message_id, timestamp=timestamp)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
 from relay.feedback.events import FeedbackEvent
 from relay.guard import ReputationGuard
@@ -32,7 +33,7 @@ class FeedbackProcessor:
         transient_suppress_after: int | None = None,
         transient_window: float = 86400.0,
         transient_max_addresses: int = MAX_TRANSIENT_ADDRESSES,
-        clock=time.time,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._metrics = metrics

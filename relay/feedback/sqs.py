@@ -124,11 +124,12 @@ class SqsPoller:
 
     def _stopped(self, task: asyncio.Task) -> None:
         # _run handles every failure it knows of; should it end anyway, say so at once, not at shutdown.
-        if not task.cancelled() and task.exception() is not None:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
             log.critical(
                 "SQS polling of %s stopped on an error: %s; SES feedback is no longer read",
                 self.queue_url,
-                describe_error(task.exception()),
+                describe_error(error),
             )
 
     def _make_client(self) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -32,7 +33,7 @@ def sns_handler(
     metrics: RelayMetrics,
     *,
     http_get: HttpGet = https_get,
-):
+) -> Callable[[web.Request], Awaitable[web.Response]]:
     recent = RecentIds()
     in_flight: dict[str, asyncio.Future[bool]] = {}  # MessageId being applied -> applied for good?
 

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relay.suppression.base import StoreError, SuppressionStore
+
+if TYPE_CHECKING:
+    # create_store loads the backends by name, so nothing else shows mypy that each one is a
+    # SuppressionStore: these lines do (they never run, so the imports stay lazy).
+    from relay.suppression.dynamodb import DynamoDbStore
+    from relay.suppression.memory import MemoryStore
+    from relay.suppression.sqlite import SqliteStore
+
+    _sqlite: type[SuppressionStore] = SqliteStore
+    _memory: type[SuppressionStore] = MemoryStore
+    _dynamodb: type[SuppressionStore] = DynamoDbStore
 
 # backend name -> "module:Class"
 BACKENDS: dict[str, str] = {

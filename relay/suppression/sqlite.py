@@ -327,6 +327,7 @@ class SqliteStore:
             after = rows[-1][0]
 
     def _page_sync(self, after: str | None) -> list[tuple[Any, ...]]:
+        params: tuple[str | int, ...]
         if after is None:
             sql, params = f"SELECT {_COLUMNS} FROM suppression ORDER BY key LIMIT ?", (PAGE_SIZE,)
         else:
