@@ -20,12 +20,17 @@ from relay.dryrun import DryRunSender
 from relay.feedback.processor import FeedbackProcessor
 from relay.guard import ReputationGuard
 from relay.metrics import RelayMetrics
-from relay.sending import Sender, StartupError
+from relay.sending import Sender
 from relay.ses.client import SesSender
+from relay.smtp.budget import MemoryBudget
 from relay.smtp.handler import RelayHandler
+from relay.smtp.policy import ConnectionPolicy
 from relay.smtp.server import SmtpServer
+from relay.smtp.state import ServerState
+from relay.startup import StartupError
 from relay.suppression import create_store
 from relay.suppression.base import StoreError, SuppressionStore
+from relay.transaction import LogSink
 from relay.web import build_app
 
 if TYPE_CHECKING:
@@ -33,6 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("relay")
 STORE_SIZE_INTERVAL = 60.0
+# After the SMTP drain, how long the other parts (SQS poller, HTTP, sender, store) get to stop,
+# all together. With relay.runner's EXIT_WAIT, a stop takes at most shutdown_grace + ~8 s.
+PARTS_STOP_TIMEOUT = 4.0
 
 __all__ = ["Relay", "StartupError", "build_sender", "build_store", "open_store"]
 
@@ -50,6 +58,8 @@ def build_sender(config: Config, metrics: RelayMetrics) -> Sender:
         connect_timeout=ses.connect_timeout,
         request_timeout=ses.request_timeout,
         max_connections=ses.max_connections,
+        min_upload_rate=ses.min_upload_rate,
+        max_rate_wait=ses.max_rate_wait,
         metrics=metrics,
     )
 
@@ -97,14 +107,15 @@ class Relay:
         self.smtp_addresses: list[tuple[str, int]] = []
         self.http_address: tuple[str, int] | None = None
         self._stop_requested = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second signal: skip the rest of the grace period
         self._store: SuppressionStore | None = None
         self._sender: Sender | None = None
         self._smtp: SmtpServer | None = None
         self._web: web.AppRunner | None = None
         self._listening = False
         self._store_size = 0.0
-        self._store_size_task: asyncio.Task | None = None
-        self._sync_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()  # background loops, cancelled and awaited on stop
+        self.state = ServerState(budget=MemoryBudget(config.smtp.memory_budget))
         self._ses_sync_entries = 0.0
         self._ses_sync_last = 0.0
         self.metrics.register_gauge_callback(
@@ -118,8 +129,24 @@ class Relay:
             lambda: self._ses_sync_entries,
         )
         self.metrics.register_gauge_callback(
+            "ses_relay_smtp_sends_in_flight",
+            "DATA transactions waiting for the sender",
+            lambda: self.state.sends_in_flight,
+        )
+        self.metrics.register_gauge_callback(
+            "ses_relay_message_memory_bytes",
+            "Message bytes held in memory by SMTP transactions (bounded by smtp.memory_budget)",
+            lambda: self.state.budget.in_use,
+        )
+        self.metrics.register_gauge_callback(
+            "ses_relay_message_memory_budget_bytes",
+            "smtp.memory_budget: the most message bytes held in memory at once",
+            lambda: self.state.budget.limit,
+        )
+        self.metrics.register_gauge_callback(
             "ses_relay_suppression_entries",
-            "Entries in the suppression store (refreshed every minute)",
+            "Entries in the suppression store, refreshed every minute; for DynamoDB the table's "
+            "ItemCount, which AWS updates about every 6 h",
             lambda: self._store_size,
         )
 
@@ -149,17 +176,18 @@ class Relay:
                 sender=self._sender,
                 store=self._store,
                 metrics=self.metrics,
+                state=self.state,
+                sinks=[LogSink()],
                 max_recipients=config.smtp.max_recipients,
                 on_suppressed=config.suppression.on_suppressed,
                 guard=guard,
-                dry_run=config.ses.dry_run,
             )
             self._smtp = SmtpServer(
                 handler,
+                state=self.state,
+                policy=ConnectionPolicy(config.smtp.allowed_networks, config.smtp.max_connections),
                 hostname=config.smtp.hostname,
                 max_message_size=config.smtp.max_message_size,
-                allowed_networks=config.smtp.allowed_networks,
-                max_connections=config.smtp.max_connections,
                 idle_timeout=config.smtp.idle_timeout,
                 command_call_limit=config.smtp.command_call_limit,
                 metrics=self.metrics,
@@ -172,10 +200,10 @@ class Relay:
                     self.smtp_addresses.append(await self._smtp.listen(host, port))
                 except OSError as exc:
                     raise StartupError(f"cannot listen for SMTP on {item}: {exc.strerror or exc}") from None
-            if config.feedback.sqs.queue_url:
+            sqs = config.feedback.sqs
+            if sqs.queue_url:
                 from relay.feedback.sqs import SqsPoller  # boto3's SQS model: only when used
 
-                sqs = config.feedback.sqs
                 self._sqs = SqsPoller(
                     sqs.queue_url,
                     self._feedback,
@@ -189,13 +217,14 @@ class Relay:
             await self.stop()
             raise
         self._listening = True
-        self._store_size_task = asyncio.create_task(self._refresh_store_size(), name="store-size")
+        self._tasks.add(asyncio.create_task(self._refresh_store_size(), name="store-size"))
         if config.suppression.ses_sync_interval and not config.ses.dry_run:
-            self._sync_task = asyncio.create_task(self._periodic_ses_sync(), name="ses-suppression-sync")
+            self._tasks.add(asyncio.create_task(self._periodic_ses_sync(), name="ses-suppression-sync"))
         log.info(
             "ses-relay listening",
             extra={
                 "fields": {
+                    "event": "listening",
                     "smtp": [f"{h}:{p}" for h, p in self.smtp_addresses],
                     "http": f"{self.http_address[0]}:{self.http_address[1]}" if self.http_address else None,
                     "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
@@ -211,13 +240,9 @@ class Relay:
             "suppression_store": lambda: (bool(self._store and self._store.healthy()), "open"),
             "sender": lambda: self._sender.readiness() if self._sender else (False, "not started"),
         }
-        self.metrics.register_gauge_callback(
-            "ses_relay_smtp_sends_in_flight",
-            "DATA transactions waiting for the sender",
-            lambda: self._smtp.handler.sends_in_flight if self._smtp else 0,
-        )
         sns = None
         if self.config.feedback.sns.enabled:
+            assert self._feedback is not None  # built before the HTTP side starts
             # Imported only when enabled: the SNS side pulls in cryptography (~10 MB resident).
             from relay.feedback.sns import SnsVerifier, https_get
             from relay.feedback.webhook import sns_handler
@@ -238,18 +263,23 @@ class Relay:
             await site.start()
         except OSError as exc:
             raise StartupError(f"cannot listen for HTTP on {listen}: {exc.strerror or exc}") from None
-        bound = site._server.sockets[0].getsockname()  # aiohttp keeps the bound port only here
+        bound = self._web.addresses[0]  # the real port when the config says 0
         self.http_address = (bound[0], bound[1])
 
     def request_stop(self) -> None:
-        """Safe from a signal handler: only sets a flag."""
+        """Safe from a signal handler: only sets flags. A second request skips the rest of the
+        shutdown grace (the operator pressed Ctrl-C twice, or systemd is about to kill us)."""
+        if self._stop_requested.is_set():
+            if not self._hurry.is_set():
+                log.warning("second stop request: abandoning the transactions still open")
+            self._hurry.set()
         self._stop_requested.set()
 
     async def _refresh_store_size(self) -> None:
         """Counting a large table is not free: do it in the background, scrapes read the last value."""
         while self._store is not None:
             try:
-                self._store_size = float(await self._store.count())
+                self._store_size = float(await self._store.approximate_count())
             except Exception as exc:  # noqa: BLE001 - a metric must never take the relay down
                 log.warning("could not count the suppression store: %s", exc)
             await asyncio.sleep(STORE_SIZE_INTERVAL)
@@ -272,27 +302,45 @@ class Relay:
             await asyncio.sleep(config.suppression.ses_sync_interval or 3600)
 
     async def stop(self) -> None:
-        for task in (self._store_size_task, self._sync_task):
-            if task is not None:
-                task.cancel()
-        self._store_size_task = self._sync_task = None
+        """Bounded: returns within smtp.shutdown_grace + PARTS_STOP_TIMEOUT from any state."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.smtp.shutdown_grace
+        tasks, self._tasks = self._tasks, set()
+        for task in tasks:
+            task.cancel()
         self._listening = False
         if self._smtp is not None:
             self._smtp.stop_accepting()
-            await self._smtp.drain(self.config.smtp.shutdown_grace)
+            await self._smtp.drain(deadline, self._hurry)
             self._smtp = None
+        await self._stop_parts(tasks)
+
+    async def _stop_parts(self, tasks: set[asyncio.Task]) -> None:
+        steps: list[tuple[str, Awaitable[object]]] = []
+        if tasks:
+            steps.append(("background tasks", asyncio.gather(*tasks, return_exceptions=True)))
         if self._sqs is not None:
-            await self._sqs.stop()
+            steps.append(("SQS poller", self._sqs.stop()))
             self._sqs = None
         if self._web is not None:
-            await self._web.cleanup()
+            steps.append(("HTTP listener", self._web.cleanup()))
             self._web = None
         if self._sender is not None:
-            await self._sender.close()
+            steps.append(("sender", self._sender.close()))
             self._sender = None
         if self._store is not None:
-            await self._store.close()
+            steps.append(("suppression store", self._store.close()))
             self._store = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PARTS_STOP_TIMEOUT
+        for name, step in steps:
+            try:
+                async with asyncio.timeout_at(max(deadline, loop.time() + 0.1)):
+                    await step
+            except TimeoutError:
+                log.warning("%s did not stop within %ss; leaving it", name, PARTS_STOP_TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 - stopping the rest matters more
+                log.warning("stopping the %s failed: %s", name, exc, exc_info=exc)
 
     async def run(self) -> None:
         await self.start()
@@ -307,9 +355,12 @@ class Relay:
             log.info(
                 "stopping: no new connections; waiting up to %ss for open transactions",
                 self.config.smtp.shutdown_grace,
+                extra={"fields": {"event": "stopping"}},
             )
         finally:
-            for signum in installed:
-                loop.remove_signal_handler(signum)
-            await self.stop()
-        log.info("stopped")
+            try:
+                await self.stop()  # the handlers stay: a second signal during the drain hurries it
+            finally:
+                for signum in installed:
+                    loop.remove_signal_handler(signum)
+        log.info("stopped", extra={"fields": {"event": "stopped"}})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import email.policy
+import logging
 import os
 import smtplib
 import sys
@@ -19,7 +19,7 @@ from relay.config import Config, ConfigError, honour_aws_region, load_config, pa
 from relay.logs import configure_logging
 from relay.suppression.base import Reason, StoreError, SuppressionEntry
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> int:
@@ -32,37 +32,30 @@ def _load(args: argparse.Namespace, overrides: dict | None = None) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from relay.app import Relay, StartupError
-
     overrides = {"ses": {"dry_run": True}} if args.dry_run else None
     config = _load(args, overrides)
     configure_logging(config.logging.level, config.logging.format)
-    relay = Relay(config)
     try:
-        _run_loop(relay.run(), config.event_loop)
+        from relay import runner
+        from relay.app import Relay, StartupError
+
+        try:
+            factory = runner.loop_factory(config.event_loop)
+        except ImportError:
+            return _fail("event_loop: uvloop, but uvloop is not installed (pip install 'ses-relay[uvloop]')")
+        runner.run(Relay(config).run(), factory)
     except StartupError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         pass
+    except Exception as exc:  # noqa: BLE001 - one line for the operator, the traceback at debug level
+        logging.getLogger("relay").debug("unexpected error", exc_info=exc)
+        return _fail(
+            f"unexpected {exc.__class__.__name__}: {exc} (logging.level: debug shows the traceback)",
+            EXIT_INTERNAL,
+        )
+    runner.exit_if_threads_block(EXIT_OK)
     return EXIT_OK
-
-
-def _run_loop(coroutine, choice: str) -> None:
-    if choice in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if choice == "uvloop":
-                coroutine.close()
-                from relay.sending import StartupError
-
-                raise StartupError(
-                    "event_loop: uvloop, but uvloop is not installed (pip install 'ses-relay[uvloop]')"
-                ) from None
-        else:
-            uvloop.run(coroutine)
-            return
-    asyncio.run(coroutine)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -196,9 +189,17 @@ def cmd_suppression(args: argparse.Namespace) -> int:
         return EXIT_FAILURE if result.skipped else EXIT_OK
 
     async def export(store):
-        from relay.suppression.transfer import export_entries
+        from relay.files import atomic_writer
+        from relay.suppression.transfer import export_entries, guess_format
 
-        count = await export_entries(store, out, fmt=export_format, full=args.full)
+        fmt = args.format or guess_format(args.output or "-")
+        if args.output in (None, "-"):
+            count = await export_entries(store, sys.stdout, fmt=fmt, full=args.full)
+        else:
+            # Opened only now that the store is open, and into a temporary file renamed over the
+            # target at the end: a failed export leaves the previous one (the last backup) intact.
+            with atomic_writer(args.output, text=True, encoding="utf-8", newline="") as out:
+                count = await export_entries(store, out, fmt=fmt, full=args.full)
         print(f"exported {count}", file=sys.stderr)
         return EXIT_OK
 
@@ -250,15 +251,7 @@ def cmd_suppression(args: argparse.Namespace) -> int:
         "sync": sync,
     }[command]
     try:
-        with contextlib.ExitStack() as files:
-            out, export_format = sys.stdout, "csv"
-            if command == "export":
-                from relay.suppression.transfer import guess_format
-
-                export_format = args.format or guess_format(args.output or "-")
-                if args.output not in (None, "-"):
-                    out = files.enter_context(open(args.output, "w", encoding="utf-8", newline=""))
-            return asyncio.run(_with_store(config, action))
+        return asyncio.run(_with_store(config, action))
     except (StoreError, StartupError) as exc:
         return _fail(str(exc))
     except SyncError as exc:
@@ -274,10 +267,12 @@ def cmd_suppression(args: argparse.Namespace) -> int:
 
 def _create_table(config: Config) -> int:
     from relay.app import build_store
+    from relay.suppression.dynamodb import DynamoDbStore
 
     if config.suppression.backend != "dynamodb":
         return _fail("suppression create-table: suppression.backend is not 'dynamodb'")
     store = build_store(config)
+    assert isinstance(store, DynamoDbStore)
     try:
         created = asyncio.run(store.create_table())
     except StoreError as exc:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import time
 from pathlib import Path
 
-from relay.sending import OutgoingMessage, StartupError, TransientSendError
+from relay.files import atomic_writer
+from relay.sending import Accepted, OutgoingMessage, TransientSendError
+from relay.startup import StartupError
 
 log = logging.getLogger("relay.dryrun")
+SAVED = "250 2.0.0 Ok {message_id} (dry run: saved, not sent)"
 
 
 class DryRunSender:
@@ -38,7 +40,7 @@ class DryRunSender:
     def readiness(self) -> tuple[bool, str]:
         return True, "dry run"
 
-    async def send(self, message: OutgoingMessage) -> str:
+    async def send(self, message: OutgoingMessage) -> Accepted:
         message_id = f"dry-run-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
         try:
             path = await asyncio.get_running_loop().run_in_executor(None, self._write, message_id, message)
@@ -51,7 +53,7 @@ class DryRunSender:
         log.info(
             "dry run: saved %s", path, extra={"fields": {"path": str(path), "ses_message_id": message_id}}
         )
-        return message_id
+        return Accepted(message_id, SAVED.format(message_id=message_id))
 
     def _write(self, message_id: str, message: OutgoingMessage) -> Path:
         envelope = [f"X-Relay-Mail-From: <{message.mail_from.strip('<>')}>"]
@@ -63,16 +65,7 @@ class DryRunSender:
         newline = b"\r\n" if b"\r\n" in message.raw[:4096] else b"\n"
         head = newline.join(line.encode("ascii", "replace") for line in envelope) + newline
         path = self.directory / f"{message_id}.eml"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as file:
+        with atomic_writer(path) as file:  # no copy of a 40 MiB body just to prepend the headers
             file.write(head)
             file.write(message.raw)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-        directory = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
         return path

@@ -6,10 +6,10 @@ Labels come from small closed sets (result class, reason, SES error code); never
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from relay import __version__
 
@@ -72,6 +72,12 @@ class RelayMetrics:
             buckets=_WAIT_BUCKETS,
             registry=r,
         )
+        self.rate_limiter_refusals = Counter(
+            "ses_relay_rate_limiter_refusals_total",
+            "Sends refused at once (451 4.4.5): their turn at the local send-rate limit was further "
+            "away than ses.max_rate_wait",
+            registry=r,
+        )
 
         self.feedback_events = Counter(
             "ses_relay_feedback_events_total",
@@ -86,6 +92,11 @@ class RelayMetrics:
             "ses_relay_sqs_errors_total", "SQS polling problems, by kind", ["kind"], registry=r
         )
 
+        self.memory_budget_refusals = Counter(
+            "ses_relay_memory_budget_refusals_total",
+            "DATA answered 452 4.3.1 because smtp.memory_budget was spent",
+            registry=r,
+        )
         self.guard_refusals = Counter(
             "ses_relay_guard_refusals_total", "MAIL FROM answered 451 by the reputation guard", registry=r
         )
@@ -99,8 +110,8 @@ class _CallbackCollector:
     def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         self._name, self._documentation, self._read = name, documentation, read
 
-    def describe(self):
+    def describe(self) -> list[Metric]:
         return [GaugeMetricFamily(self._name, self._documentation)]
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(self._name, self._documentation, value=self._read())

@@ -21,7 +21,9 @@ class ListManagement:
 class OutgoingMessage:
     """One transaction, ready to hand to a provider."""
 
-    raw: bytes  # the MIME message exactly as it goes to SES (Bcc and X-SES-* headers removed)
+    # The MIME message exactly as it goes to SES (Bcc and X-SES-* headers removed); the bytearray
+    # DATA was read into when no header had to go (no copy).
+    raw: bytes | bytearray
     recipients: list[str]  # envelope recipients: all of them, Bcc included
     mail_from: str  # envelope sender, "" for the null sender; logged, never sent as FromEmailAddress
     configuration_set: str | None = None
@@ -29,6 +31,18 @@ class OutgoingMessage:
     from_identity_arn: str | None = None
     feedback_identity_arn: str | None = None
     list_management: ListManagement | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What a Sender answers for a message it took: its id and the whole 250 line for the client.
+
+    The sender picks the line because only it knows what "taken" means: sent by SES, saved by the
+    dry run, queued in the spool.
+    """
+
+    message_id: str
+    reply: str
 
 
 class SendError(Exception):
@@ -49,17 +63,13 @@ class PermanentSendError(SendError):
     """Retrying cannot help; the client should bounce (5xx)."""
 
 
-class StartupError(Exception):
-    """A part cannot start (bad credentials config, unusable directory, port in use); one-line reason."""
-
-
 class Sender(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
 
-    async def send(self, message: OutgoingMessage) -> str:
-        """Deliver or queue the message; return the id to put in the 250 reply."""
+    async def send(self, message: OutgoingMessage) -> Accepted:
+        """Deliver or queue the message, or raise a SendError."""
         ...
 
     def readiness(self) -> tuple[bool, str]:

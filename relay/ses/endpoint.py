@@ -18,7 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from relay.sending import StartupError
+from relay.startup import StartupError
 
 CHILD_TIMEOUT = 60.0  # seconds; the child only reads files and environment
 DEFAULT_SIGNING_NAME = "ses"  # SESv2's SigV4 service name

@@ -7,23 +7,24 @@ reaches DATA is sent whole or not at all: never part of it followed by an error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import secrets
-import time
-from typing import Any
+from collections.abc import Sequence
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from relay.addresses import AddressError, check_address
 from relay.guard import ReputationGuard
 from relay.message import MessageError, prepare
 from relay.metrics import RelayMetrics
-from relay.sending import OutgoingMessage, Sender, SendError
+from relay.sending import Accepted, OutgoingMessage, Sender, SendError
 from relay.smtp import replies
-from relay.smtp.addresses import AddressError, check_address
+from relay.smtp.budget import Reservation
+from relay.smtp.state import ServerState
 from relay.suppression.base import Reason, StoreError, SuppressionStore, address_key
+from relay.transaction import TransactionRecord, TransactionSink, new_queue_id
 
 log = logging.getLogger("relay.smtp")
-audit = logging.getLogger("relay.transaction")
 
 NULL_SENDER = "<>"  # how the null reverse-path is kept in the envelope (aiosmtpd needs a truthy value)
 
@@ -43,7 +44,8 @@ class RelayEnvelope(Envelope):
         # Suppressed recipients accepted and skipped (on_suppressed: drop). They stay in rcpt_tos too,
         # because aiosmtpd refuses DATA when rcpt_tos is empty.
         self.dropped: list[str] = []
-        self.started = 0.0
+        self.record: TransactionRecord | None = None  # from MAIL FROM on
+        self.reservation: Reservation | None = None  # memory held for the content (set by DATA)
 
 
 class RelayHandler:
@@ -53,20 +55,20 @@ class RelayHandler:
         sender: Sender,
         store: SuppressionStore,
         metrics: RelayMetrics,
+        state: ServerState,
+        sinks: Sequence[TransactionSink],
         max_recipients: int,
         on_suppressed: str,
         guard: ReputationGuard,
-        dry_run: bool = False,
     ) -> None:
         self._guard = guard
         self._sender = sender
         self._store = store
         self._metrics = metrics
+        self._state = state
+        self._sinks = tuple(sinks)
         self._max_recipients = max_recipients
         self._drop_suppressed = on_suppressed == "drop"
-        self._ok_reply = replies.OK_DRY_RUN if dry_run else replies.OK_SENT
-        self.shutting_down = False
-        self.sends_in_flight = 0
         # Label lookups resolved once: they are on the per-message path.
         self._transactions = {c: metrics.smtp_transactions.labels(f"{c}xx") for c in "2345"}
 
@@ -77,7 +79,7 @@ class RelayHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: RelayEnvelope, address: str, options: list[str]
     ) -> str:
-        if self.shutting_down:
+        if self._state.shutting_down:
             return replies.SHUTTING_DOWN
         paused = self._guard.pause_reason()
         if paused:
@@ -90,7 +92,7 @@ class RelayHandler:
                 return exc.reply
         envelope.mail_from = address or NULL_SENDER
         envelope.mail_options.extend(options)
-        envelope.started = time.monotonic()
+        envelope.record = TransactionRecord(new_queue_id(), _client(session), mail_from=envelope.mail_from)
         return replies.OK_SENDER
 
     async def handle_RCPT(
@@ -129,24 +131,29 @@ class RelayHandler:
         return replies.OK_RECIPIENT
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: RelayEnvelope) -> str:
-        queue_id = secrets.token_hex(6)
-        raw: bytes = envelope.original_content or b""
+        """Owns `envelope.reservation` from here: it is given back when the bytes are no longer held."""
+        record = envelope.record or TransactionRecord(new_queue_id(), _client(session))
+        reservation = envelope.reservation
+        raw = envelope.original_content or b""
+        # From here the message is referenced only by `raw` and what is made from it.
+        envelope.content = envelope.original_content = None
         dropped = set(envelope.dropped)
         recipients = [address for address in envelope.rcpt_tos if address not in dropped]
-        record: dict[str, Any] = {
-            "queue_id": queue_id,
-            "client": session.peer[0] if session.peer else None,
-            "mail_from": envelope.mail_from,
-            "recipients": len(recipients),
-            "dropped": len(envelope.dropped),
-            "size": len(raw),
-        }
-        message_id = None
+        record.recipients = len(recipients)
+        record.dropped = len(envelope.dropped)
+        record.size = len(raw)
+        handed_over = False
         try:
             prepared = prepare(raw)
-            record["message_id"] = prepared.message_id
+            record.message_id = prepared.message_id
+            if prepared.raw is not raw:  # a header was removed: a second buffer, briefly both
+                if reservation is not None and not reservation.add(len(prepared.raw)):
+                    raise MessageError(self._refuse_memory())
+                del raw
+                if reservation is not None:
+                    reservation.shrink(record.size)
             if not recipients:
-                reply = replies.OK_ALL_DROPPED
+                reply, outcome = replies.OK_ALL_DROPPED, "dropped"
             else:
                 outgoing = OutgoingMessage(
                     raw=prepared.raw,
@@ -158,61 +165,96 @@ class RelayHandler:
                     feedback_identity_arn=prepared.feedback_identity_arn,
                     list_management=prepared.list_management,
                 )
-                message_id = await self._send(outgoing, record)
+                del prepared
+                handed_over = True
+                accepted = await self._send(outgoing, record, reservation)
+                record.ses_message_id = accepted.message_id
                 self._guard.record_sent(len(recipients))
-                reply = self._ok_reply.format(message_id=message_id)
+                reply, outcome = accepted.reply, "sent"
         except MessageError as exc:
-            reply = exc.reply
+            reply, outcome = exc.reply, "refused"
         except SendError as exc:
-            reply = exc.reply
-            record["error"] = exc.code
-            record["error_detail"] = exc.detail
+            reply, outcome = exc.reply, "failed"
+            record.error = exc.code
+            record.error_detail = exc.detail
         except asyncio.CancelledError:
-            raise
+            raise  # the client is gone or the relay stops; the send's own callback reports it
         except Exception:
-            log.exception("unexpected error handling DATA (queue id %s)", queue_id)
-            reply = replies.INTERNAL_ERROR
-        record["ses_message_id"] = message_id
-        record["reply"] = reply[:3]
-        record["duration"] = round(time.monotonic() - envelope.started, 4) if envelope.started else None
+            log.exception("unexpected error handling DATA (queue id %s)", record.queue_id)
+            reply, outcome = replies.INTERNAL_ERROR, "failed"
+            record.error = "internal"
+        finally:
+            if not handed_over and reservation is not None:
+                reservation.release()
+        record.finish(reply, outcome)
         self._transactions[reply[0]].inc()
-        audit.info("transaction", extra={"fields": record})
+        self._emit(record)
         return reply
 
-    async def _send(self, outgoing: OutgoingMessage, record: dict[str, Any]) -> str:
+    def _refuse_memory(self) -> str:
+        self._metrics.memory_budget_refusals.inc()
+        return replies.MEMORY_BUDGET_SPENT
+
+    def _emit(self, record: TransactionRecord) -> None:
+        for sink in self._sinks:
+            try:
+                sink.record(record)
+            except Exception:  # noqa: BLE001 - a sink must never change the reply
+                log.exception("transaction sink %s failed", type(sink).__name__)
+
+    async def _send(
+        self, outgoing: OutgoingMessage, record: TransactionRecord, reservation: Reservation | None
+    ) -> Accepted:
         # Shielded: if the client hangs up mid-send, the send still completes and is logged, so the
         # operator can see the duplicate the client's retry will cause.
-        self.sends_in_flight += 1
         task = asyncio.ensure_future(self._sender.send(outgoing))
-        task.add_done_callback(self._send_done)
+        self._state.sends[task] = record
+        task.add_done_callback(functools.partial(self._send_done, reservation))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            task.add_done_callback(lambda t: _log_orphan(t, record))
+            if not task.done():
+                task.add_done_callback(functools.partial(self._orphan_done, record))
             raise
 
-    def _send_done(self, task: asyncio.Future) -> None:
-        self.sends_in_flight -= 1
+    def _send_done(self, reservation: Reservation | None, task: asyncio.Future) -> None:
+        self._state.sends.pop(task, None)
+        if reservation is not None:
+            reservation.release()
+
+    def _orphan_done(self, record: TransactionRecord, task: asyncio.Future) -> None:
+        if task.cancelled():
+            return  # abandoned at shutdown: already reported as "outcome unknown"
+        error = task.exception()
+        if error is None:
+            accepted = task.result()
+            record.ses_message_id = accepted.message_id
+            self._guard.record_sent(record.recipients)
+            record.finish(None, "client_gone_sent")
+        else:
+            record.error = getattr(error, "code", error.__class__.__name__)
+            record.finish(None, "client_gone_failed")
+        self._emit(record)
+
+    def abandon_sends(self) -> int:
+        """Shutdown grace is over: cancel the sends still out, report each as "outcome unknown"."""
+        abandoned = list(self._state.sends.items())
+        for task, record in abandoned:
+            record.error = "abandoned"
+            record.finish(None, "unknown")
+            self._emit(record)
+            task.cancel()
+        return len(abandoned)
 
     async def handle_exception(self, error: Exception) -> str:
-        log.error("SMTP session error: %s: %s", error.__class__.__name__, error)
+        # aiosmtpd calls this for an exception in any hook or command; the traceback is the only
+        # trace a bug there leaves.
+        log.error("SMTP session error: %s: %s", error.__class__.__name__, error, exc_info=error)
         return replies.INTERNAL_ERROR
 
 
+def _client(session: Session) -> str | None:
+    return session.peer[0] if session.peer else None
+
+
 _HANDLER_HOOKS = sorted(name for name in vars(RelayHandler) if name.startswith(("handle_", "auth_")))
-
-
-def _log_orphan(task: asyncio.Future, record: dict[str, Any]) -> None:
-    if task.cancelled():
-        return
-    error = task.exception()
-    fields = dict(record, reply=None, client_gone=True)
-    if error is None:
-        fields["ses_message_id"] = task.result()
-        audit.warning(
-            "client disconnected during send; SES accepted it, a retry will duplicate",
-            extra={"fields": fields},
-        )
-    else:
-        fields["error"] = getattr(error, "code", error.__class__.__name__)
-        audit.warning("client disconnected during send; send failed", extra={"fields": fields})

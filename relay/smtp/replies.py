@@ -2,9 +2,7 @@
 
 OK_SENDER = "250 2.1.0 Ok"
 OK_RECIPIENT = "250 2.1.5 Ok"
-OK_SENT = "250 2.0.0 Ok {message_id}"
 OK_ALL_DROPPED = "250 2.0.0 Ok: not sent, every recipient is on the suppression list"
-OK_DRY_RUN = "250 2.0.0 Ok {message_id} (dry run: saved, not sent)"
 
 NOT_ALLOWED = "554 5.7.1 {peer} is not allowed to use this relay"
 TOO_BUSY = "421 4.7.0 Too many connections; try again later"
@@ -22,3 +20,6 @@ SMTPUTF8_UNSUPPORTED = (
 COMMAND_TOO_LONG = "500 5.5.2 Command line too long"
 LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 998 characters)"
 GUARD_PAUSED = "451 4.3.2 Relay paused to protect sender reputation ({reason}); try again later"
+MEMORY_BUDGET_SPENT = (
+    "452 4.3.1 Insufficient system storage: the relay holds too much mail in memory; try again later"
+)

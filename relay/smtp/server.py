@@ -7,16 +7,18 @@ let transactions in progress finish, and then hang up on the rest.
 from __future__ import annotations
 
 import asyncio
-import functools
-import ipaddress
 import logging
 import re
 import socket
 
 from aiosmtpd.smtp import SMTP
 
+from relay.metrics import RelayMetrics
 from relay.smtp import replies
+from relay.smtp.budget import Reservation
 from relay.smtp.handler import RelayEnvelope, RelayHandler
+from relay.smtp.policy import ConnectionPolicy
+from relay.smtp.state import ServerState
 
 log = logging.getLogger("relay.smtp")
 
@@ -36,29 +38,25 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ANGLE_ADDR = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 
 
-def _networks(cidrs: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    return [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
-
-
 class SmtpServer:
     def __init__(
         self,
         handler: RelayHandler,
         *,
+        state: ServerState,
+        policy: ConnectionPolicy,
         hostname: str,
         max_message_size: int,
-        allowed_networks: list[str],
-        max_connections: int,
         idle_timeout: float,
         command_call_limit: int,
-        metrics,
+        metrics: RelayMetrics,
     ) -> None:
         self.handler = handler
-        self._networks = _networks(allowed_networks)
-        self._max_connections = max_connections
-        self._metrics = metrics
+        self.state = state
+        self.policy = policy
+        self.metrics = metrics
         self.too_big_reply = replies.MESSAGE_TOO_BIG.format(limit=max_message_size)
-        self._rewrites = {key: value or self.too_big_reply.encode() for key, value in _REWRITES.items()}
+        self.rewrites = {key: value or self.too_big_reply.encode() for key, value in _REWRITES.items()}
         self._smtp_kwargs = dict(
             data_size_limit=max_message_size,
             enable_SMTPUTF8=False,  # SES does not support it; see replies.SMTPUTF8_UNSUPPORTED
@@ -68,17 +66,7 @@ class SmtpServer:
             timeout=idle_timeout,
             command_call_limit=command_call_limit,
         )
-        self.sessions: set[RelaySMTP] = set()
         self._servers: list[asyncio.Server] = []
-
-    def allowed(self, peer) -> bool:
-        try:
-            address = ipaddress.ip_address(peer[0].split("%", 1)[0])
-        except (TypeError, ValueError, IndexError):
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._networks)
 
     def _protocol(self) -> RelaySMTP:
         return RelaySMTP(self.handler, server=self, loop=asyncio.get_running_loop(), **self._smtp_kwargs)
@@ -95,32 +83,45 @@ class SmtpServer:
         return bound[0], bound[1]
 
     def stop_accepting(self) -> None:
-        self.handler.shutting_down = True
+        self.state.shutting_down = True
         for server in self._servers:
             server.close()
 
-    async def drain(self, grace: float) -> None:
-        """Let open transactions finish (bounded by `grace` seconds), then hang up on everyone."""
+    async def drain(self, deadline: float, hurry: asyncio.Event | None = None) -> None:
+        """Let open transactions finish until `deadline` (loop time) or `hurry` is set, then hang up
+        on everyone and abandon the sends still out (each is logged as "outcome unknown")."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while loop.time() < deadline:
-            busy = [s for s in self.sessions if s.in_transaction()]
-            for session in self.sessions - set(busy):
+        state = self.state
+        while loop.time() < deadline and not (hurry is not None and hurry.is_set()):
+            busy = [s for s in state.sessions if s.in_transaction()]
+            for session in state.sessions - set(busy):
                 session.hang_up(replies.SHUTTING_DOWN)
-            if not busy and not self.handler.sends_in_flight:
+            if not busy and not state.sends:
                 break
             await asyncio.sleep(0.05)
-        for session in list(self.sessions):
+        for session in list(state.sessions):
             session.hang_up(replies.SHUTTING_DOWN)
+        abandoned = self.handler.abandon_sends()
+        if abandoned:
+            log.warning(
+                "shutdown grace over: %d send(s) abandoned, outcome unknown",
+                abandoned,
+                extra={"fields": {"event": "sends_abandoned", "count": abandoned}},
+            )
         for server in self._servers:
             await server.wait_closed()
 
 
-@functools.cache
+_PROTOCOL_METHODS: dict[type, list[str]] = {}
+
+
 def _protocol_methods(cls: type) -> list[str]:
-    return sorted(
-        {name for klass in cls.__mro__ for name in vars(klass) if name.startswith(("smtp_", "auth_"))}
-    )
+    methods = _PROTOCOL_METHODS.get(cls)
+    if methods is None:
+        methods = _PROTOCOL_METHODS[cls] = sorted(
+            {name for klass in cls.__mro__ for name in vars(klass) if name.startswith(("smtp_", "auth_"))}
+        )
+    return methods
 
 
 class RelaySMTP(SMTP):
@@ -176,7 +177,7 @@ class RelaySMTP(SMTP):
     async def push(self, status) -> None:
         if isinstance(status, str):
             status = status.encode("ascii", "replace")
-        await super().push(self._relay_server._rewrites.get(status, status))
+        await super().push(self._relay_server.rewrites.get(status, status))
 
     async def smtp_DATA(self, arg: str) -> None:
         """DATA read into one growing bytearray, instead of aiosmtpd's list of per-line bytearrays.
@@ -188,77 +189,99 @@ class RelaySMTP(SMTP):
         """
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
-        if not self.envelope.rcpt_tos:
+        envelope = self.envelope
+        assert isinstance(envelope, RelayEnvelope)  # made by _create_envelope
+        if not envelope.rcpt_tos:
             await self.push("503 Error: need RCPT command")
             return
         if arg:
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        server = self._relay_server
+        reservation = server.state.budget.reservation()
+        handed_over = False
+        try:
+            content, failure = await self._read_data(reservation)
+            if failure is None:
+                # A bytearray where aiosmtpd declares bytes: handing it on as is avoids a copy.
+                envelope.content = envelope.original_content = content  # type: ignore[assignment]
+                envelope.reservation = reservation
+                del content  # the handler owns the message and its reservation from here
+                handed_over = True
+                failure = await self._call_handler_hook("DATA")
+            self._set_post_data_state()
+            await self.push(failure)
+        finally:
+            if not handed_over:
+                reservation.release()
+
+    async def _read_data(self, reservation: Reservation) -> tuple[bytearray, str | None]:
+        """Read to the final dot. Returns (content, None) or (empty, the reply that refuses it)."""
         reader = self._reader
         limit = self.data_size_limit
         content = bytearray()
         size = 0
-        too_much = too_long = in_long_line = False
+        failure: str | None = None
+        in_long_line = False
         while self.transport is not None:
             try:
                 line = await reader.readuntil(b"\r\n")
             except asyncio.LimitOverrunError as exc:
                 # A line longer than the reader's limit: drop what was read; its tail ends with CRLF.
-                too_long = too_long or not too_much
+                failure = failure or replies.LINE_TOO_LONG
                 size += exc.consumed
                 await reader.read(exc.consumed)
                 in_long_line = True
                 content = bytearray()
+                reservation.release()
                 continue
             if in_long_line:
                 in_long_line = False
                 size += len(line)
                 continue
             if line == b".\r\n":
-                break
+                return content, failure
             size += len(line)
-            if too_much or too_long:
+            if failure is not None:
                 continue
             if limit and size > limit:
-                too_much = True
+                failure = self._relay_server.too_big_reply
+            elif not reservation.cover(len(content) + len(line)):
+                self._relay_server.metrics.memory_budget_refusals.inc()
+                failure = replies.MEMORY_BUDGET_SPENT
+            if failure is not None:
                 content = bytearray()  # free it now, keep reading to the final dot
+                reservation.release()
                 continue
             if line[:1] == b".":
                 content += memoryview(line)[1:]  # RFC 5321 4.5.2 dot-unstuffing
             else:
                 content += line
-        if too_long:
-            await self.push(replies.LINE_TOO_LONG)
-        elif too_much:
-            await self.push(self._relay_server.too_big_reply)
-        else:
-            self.envelope.content = self.envelope.original_content = content
-            status = await self._call_handler_hook("DATA")
-            self._set_post_data_state()
-            await self.push(status)
-            return
-        self._set_post_data_state()
+        raise ConnectionResetError("connection closed during DATA")
 
     async def _handle_client(self) -> None:
         server = self._relay_server
-        metrics = server._metrics
-        if not server.allowed(self.session.peer):
-            metrics.smtp_sessions.labels("rejected_network").inc()
-            log.warning("connection refused: %s not in smtp.allowed_networks", self.session.peer[0])
-            await self.push(replies.NOT_ALLOWED.format(peer=self.session.peer[0]))
-            self.transport.close()
-            return
-        if len(server.sessions) >= server._max_connections or server.handler.shutting_down:
-            metrics.smtp_sessions.labels("rejected_busy").inc()
-            await self.push(replies.SHUTTING_DOWN if server.handler.shutting_down else replies.TOO_BUSY)
+        state = server.state
+        metrics = server.metrics
+        assert self.session is not None and self.transport is not None  # set by connection_made
+        peer = self.session.peer
+        refusal = server.policy.admit(
+            peer, open_sessions=len(state.sessions), shutting_down=state.shutting_down
+        )
+        if refusal is not None:
+            result, reply = refusal
+            metrics.smtp_sessions.labels(result).inc()
+            if result == "rejected_network":
+                log.warning("connection refused: %s not in smtp.allowed_networks", peer[0] if peer else peer)
+            await self.push(reply)
             self.transport.close()
             return
         metrics.smtp_sessions.labels("accepted").inc()
         metrics.smtp_active_sessions.inc()
-        server.sessions.add(self)
+        state.sessions.add(self)
         try:
             await super()._handle_client()
         finally:
-            server.sessions.discard(self)
+            state.sessions.discard(self)
             metrics.smtp_active_sessions.dec()

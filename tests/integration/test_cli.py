@@ -302,13 +302,13 @@ def test_serve_sends_through_moto_and_stops_cleanly_on_sigterm(tmp_path, moto):
     assert "ses_relay_messages_sent_total 1.0" in metrics
     assert 'ses_relay_smtp_transactions_total{result="2xx"} 1.0' in metrics
     assert code == 0
-    transactions = [entry for entry in logs if entry["msg"] == "transaction"]
+    transactions = [entry for entry in logs if entry.get("event") == "transaction"]
     assert len(transactions) == 1
     assert transactions[0]["reply"] == "250"
     assert transactions[0]["mail_from"] == "alice@example.com"
     assert transactions[0]["recipients"] == 1
-    assert any(entry["msg"] == "stopped" for entry in logs)
-    assert logs[-1]["msg"] == "stopped"
+    assert any(entry.get("event") == "stopped" for entry in logs)
+    assert logs[-1].get("event") == "stopped"
     for entry in logs:
         assert {"ts", "level", "logger", "msg"} <= set(entry)
 
@@ -341,7 +341,7 @@ def test_sigterm_lets_the_transaction_in_flight_finish_and_refuses_new_connectio
                 time.sleep(0.02)
             assert fake.received >= 1, "the relay never called SES"
             served.process.send_signal(signal.SIGTERM)
-            served.wait_for_log(lambda entry: entry["msg"].startswith("stopping"))
+            served.wait_for_log(lambda entry: entry.get("event") == "stopping")
             time.sleep(0.2)  # the listening socket is closed right after that line is written
             try:
                 with socket.create_connection(("127.0.0.1", served.smtp_port), timeout=10) as sock:
@@ -358,8 +358,8 @@ def test_sigterm_lets_the_transaction_in_flight_finish_and_refuses_new_connectio
             assert fake.message_ids and fake.message_ids[0] in reply.decode()
             assert served.process.wait(timeout=STOP_TIMEOUT) == 0
             logs = served.log_lines()
-            assert [entry["reply"] for entry in logs if entry["msg"] == "transaction"] == ["250"]
-            assert logs[-1]["msg"] == "stopped"
+            assert [entry["reply"] for entry in logs if entry.get("event") == "transaction"] == ["250"]
+            assert logs[-1].get("event") == "stopped"
 
 
 # -- dry run and missing credentials -------------------------------------------------------------
@@ -422,7 +422,7 @@ def test_serve_without_credentials_starts_explains_and_is_not_ready(tmp_path):
         assert json.loads(body)["checks"]["sender"]["ok"] is False
         assert served.terminate() == 0
         logs = served.log_lines()
-    help_lines = [entry for entry in logs if "AWS_ACCESS_KEY_ID" in entry["msg"]]
+    help_lines = [entry for entry in logs if entry.get("event") == "no_credentials"]
     assert len(help_lines) == 1, logs
     assert "AWS_PROFILE" in help_lines[0]["msg"] and "--dry-run" in help_lines[0]["msg"]
     assert help_lines[0]["level"] == "warning"
@@ -625,5 +625,5 @@ def test_event_loop_choice_is_honoured(tmp_path):
             process.send_signal(signal.SIGTERM)
             _, stderr = process.communicate(timeout=30)
         assert process.returncode == 0, stderr
-        (listening,) = [line for line in map(json.loads, stderr.splitlines()) if line["msg"] == "ses-relay listening"]
+        (listening,) = [line for line in map(json.loads, stderr.splitlines()) if line.get("event") == "listening"]
         assert listening["event_loop"] == choice

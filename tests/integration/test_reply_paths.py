@@ -85,3 +85,23 @@ def test_dry_run_that_cannot_save_answers_451_not_250(relay_factory):
         code, reply = client.data(MESSAGE)
     assert code == 451 and reply.startswith(b"4.3.0 Dry run: cannot save the message")
     assert relay.metric("ses_relay_smtp_transactions_total", {"result": "2xx"}) == 0
+
+
+def test_a_bug_in_a_hook_other_than_data_is_451_and_logged_with_its_traceback(fake_ses, relay_factory, caplog):
+    """aiosmtpd hands an exception in any hook to handle_exception: the traceback is the only trace a
+    bug at RCPT leaves, so it must be in the log."""
+
+    async def broken_get(address: str):
+        raise ZeroDivisionError("bug in a lookup")
+
+    relay = relay_factory(fake_ses.endpoint_url)
+    relay.store.get = broken_get  # the handler holds this very store object
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+        client.ehlo()
+        client.mail("alice@example.com")
+        code, reply = client.rcpt("bob@example.org")
+        assert (code, reply.decode()) == (451, text(replies.INTERNAL_ERROR))
+        assert client.noop()[0] == 250  # the session goes on
+    errors = [r for r in caplog.records if r.name == "relay.smtp" and r.levelname == "ERROR"]
+    assert errors and errors[-1].exc_info is not None
+    assert errors[-1].exc_info[0] is ZeroDivisionError

@@ -47,7 +47,7 @@ def test_message_reaches_ses_byte_for_byte_with_all_envelope_recipients(moto, re
     code, reply = send(relay.smtp_port, "bounces@example.com", RECIPIENTS, MESSAGE.replace(b"\r\n..a", b"\r\n.a"))
     assert code == 250, reply
     (stored,) = moto.raw_messages()
-    assert reply.decode() == replies.OK_SENT.format(message_id=stored["id"])[4:]
+    assert reply.decode() == errors.SENT.format(message_id=stored["id"])[4:]
     assert stored["raw_data"].encode() == EXPECTED
     assert b"Bcc:" not in stored["raw_data"].encode().split(b"\r\n\r\n")[0]
     assert stored["raw_data"].startswith("From: Alice Example <alice@example.com>\r\n")

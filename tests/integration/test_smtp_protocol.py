@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.config import SES_MAX_MESSAGE_SIZE
+from relay.ses import errors
 from relay.smtp import replies
 
 SENDER = "alice@example.com"
@@ -56,7 +57,7 @@ def assert_serves(port: int, fake, host: str = "127.0.0.1") -> None:
         code, reply = transaction(client)
     assert code == 250, reply
     assert len(fake.message_ids) == before + 1
-    assert reply.decode() == text(replies.OK_SENT.format(message_id=fake.message_ids[-1]))
+    assert reply.decode() == text(errors.SENT.format(message_id=fake.message_ids[-1]))
 
 
 class Raw:

@@ -6,9 +6,9 @@ import boto3
 import pytest
 
 from relay.metrics import RelayMetrics
-from relay.sending import StartupError
 from relay.ses.client import SesSender
 from relay.ses.endpoint import resolve
+from relay.startup import StartupError
 
 
 def boto3_answer(region: str) -> tuple[str, str, str]:
