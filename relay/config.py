@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import types
+import typing
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Literal
@@ -65,6 +67,10 @@ class SmtpConfig(_Section):
     idle_timeout: float = Field(300.0, gt=0)  # seconds without a command before the server hangs up
     command_call_limit: int = Field(1000, gt=0)  # per command per session, against command floods
     shutdown_grace: float = Field(30.0, ge=0)  # seconds to let in-flight transactions finish on stop
+    # Bytes of message data held in memory at once, all transactions together (DATA being read,
+    # messages waiting for SES). Past it DATA is answered 452 4.3.1 and the client retries. Must be
+    # at least twice max_message_size: removing a Bcc header briefly needs a second copy.
+    memory_budget: int = Field(256 * 1024 * 1024, gt=0)
     tls: TlsConfig = TlsConfig()
     auth: AuthConfig = AuthConfig()
 
@@ -98,9 +104,19 @@ class SesConfig(_Section):
     configuration_set: str | None = None
     tags: dict[str, str] = {}
     max_send_rate: float | Literal["auto"] | None = "auto"  # None or 0: no local limit
+    # Seconds a send may wait for the local rate limit; one whose turn is further away is answered
+    # 451 4.4.5 at once. Each waiter holds its message in memory; 20 s is under smtp.shutdown_grace, so
+    # a waiter still gets its answer in a graceful stop, and clients retry a 451 within minutes.
+    max_rate_wait: float = Field(20.0, ge=0)
     dry_run: bool = False
-    connect_timeout: float = Field(5.0, gt=0)
-    request_timeout: float = Field(30.0, gt=0)  # whole SendEmail call, after connecting
+    # Three limits on a SendEmail call, so that a big message on a slow uplink gets time, and a cut-off
+    # upload (not sent, 451 4.4.1) is told apart from a missing answer (maybe sent, 451 4.4.2):
+    connect_timeout: float = Field(5.0, gt=0)  # connecting, TLS included
+    # Writing the request may take connect_timeout + its bytes / min_upload_rate (bytes/s). 256 KiB/s
+    # uploads a 40 MiB message (53 MB of base64) in 3.6 min: connect + upload + answer stay under the
+    # 10 min an SMTP client waits for the DATA reply (RFC 5321 4.5.3.2.6).
+    min_upload_rate: float = Field(262144.0, gt=0)
+    request_timeout: float = Field(30.0, gt=0)  # waiting for SES's answer once the request is written
     max_connections: int = Field(200, gt=0)  # HTTP keep-alive pool to SES; bounds sends in flight
 
     @field_validator("tags")
@@ -229,6 +245,12 @@ class Config(_Section):
             raise ValueError("smtp.auth: SMTP AUTH is not available in this version")
         if self.smtp.tls.cert or self.smtp.tls.key or self.smtp.tls.implicit_listen:
             raise ValueError("smtp.tls: TLS is not available in this version")
+        if self.smtp.memory_budget < 2 * self.smtp.max_message_size:
+            raise ValueError(
+                f"smtp.memory_budget ({self.smtp.memory_budget}) must be at least twice "
+                f"smtp.max_message_size ({self.smtp.max_message_size}), or a message of the maximum "
+                "size with a Bcc header could never be accepted"
+            )
         if self.suppression.backend == "dynamodb" and not self.suppression.dynamodb.table:
             raise ValueError("suppression.dynamodb.table is required when suppression.backend is 'dynamodb'")
         if self.guard.enabled and not (self.feedback.sns.enabled or self.feedback.sqs.queue_url):
@@ -277,8 +299,45 @@ def honour_aws_region(environ: MutableMapping[str, str]) -> None:
         environ["AWS_DEFAULT_REGION"] = environ["AWS_REGION"]
 
 
+def _is_text(annotation: Any) -> bool:
+    """True for a field whose every non-None type is text (str, Path, a Literal of strings)."""
+    if annotation in (str, Path):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return all(isinstance(arg, str) for arg in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return bool(args) and all(_is_text(arg) for arg in args)
+    return False
+
+
+def _field_annotation(path: list[str]) -> Any:
+    model: Any = Config
+    annotation: Any = None
+    for part in path:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        model = annotation
+    return annotation
+
+
+def _env_value(path: list[str], raw: str) -> Any:
+    """A text field takes the variable as written (SES_RELAY_SES__CONFIGURATION_SET=no is the string
+    "no", not False); any other field is parsed as YAML (numbers, true/false, [lists], {maps})."""
+    if raw == "":
+        return None
+    if _is_text(_field_annotation(path)):
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """SES_RELAY_SMTP__MAX_RECIPIENTS=10 -> {"smtp": {"max_recipients": 10}}; values parsed as YAML."""
+    """SES_RELAY_SMTP__MAX_RECIPIENTS=10 -> {"smtp": {"max_recipients": 10}}."""
     tree: dict[str, Any] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
@@ -286,10 +345,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
         path = name[len(ENV_PREFIX) :].lower().split("__")
         if len(path) == 1 and path[0] not in _TOP_LEVEL_KEYS:
             continue  # not a config key (sections need SECTION__KEY)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
+        value = _env_value(path, raw)
         node = tree
         for part in path[:-1]:
             child = node.setdefault(part, {})

@@ -9,9 +9,14 @@ from __future__ import annotations
 from relay.sending import PermanentSendError, SendError, TransientSendError
 
 # Reply lines, named so tests and code never scatter literals.
+SENT = "250 2.0.0 Ok {message_id}"
 THROTTLED = "451 4.4.5 Amazon SES is throttling this account (send rate or daily quota); try again later"
 SENDING_PAUSED = "451 4.3.2 Sending is paused for this account or configuration set; try again later"
 SES_UNAVAILABLE = "451 4.4.1 Amazon SES is unavailable (not sent); try again later"
+UPLOAD_TOO_SLOW = (
+    "451 4.4.1 Upload to Amazon SES timed out before the message was complete (not sent); try again later"
+)
+RATE_WAIT = "451 4.4.5 Too many messages waiting for the local SES send-rate limit; try again later"
 OUTCOME_UNKNOWN = (
     "451 4.4.2 No answer from Amazon SES after sending; the message may be delivered twice on retry"
 )
@@ -83,6 +88,17 @@ def not_sent(reason: str) -> TransientSendError:
     return TransientSendError(SES_UNAVAILABLE, code="connection_error", detail=_clean(reason))
 
 
+def upload_timeout(reason: str) -> TransientSendError:
+    """The upload's time limit expired before the whole request was handed over: SES acts only on a
+    complete request, so nothing was sent and a retry is safe."""
+    return TransientSendError(UPLOAD_TOO_SLOW, code="upload_timeout", detail=_clean(reason))
+
+
+def rate_wait(reason: str) -> TransientSendError:
+    """Refused before any SES call: the local send-rate limiter's queue is longer than ses.max_rate_wait."""
+    return TransientSendError(RATE_WAIT, code="rate_wait", detail=_clean(reason))
+
+
 def outcome_unknown(reason: str) -> TransientSendError:
     """Failure after the request was sent: SES may have accepted it."""
     return TransientSendError(OUTCOME_UNKNOWN, code="timeout_after_send", detail=_clean(reason))
@@ -102,7 +118,9 @@ KNOWN_CODES = frozenset(
         "AccountSuspendedException",
         "MessageRejected",
         "connection_error",
+        "upload_timeout",
         "timeout_after_send",
+        "rate_wait",
         "no_credentials",
         "429",
         "InternalFailure",

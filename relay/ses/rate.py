@@ -1,48 +1,82 @@
-"""A token bucket for SES's per-second send rate, so the relay waits instead of being throttled."""
+"""A token bucket for SES's per-second send rate, so the relay waits instead of being throttled.
+
+Reservation style (the "virtual scheduling" form of GCRA): the bucket is one number, the time at
+which it would be full again. Each caller computes at once when its tokens are due and moves that
+time on by its cost, so callers are served in arrival order without a lock or a queue, and "would
+this caller wait longer than the bound?" is one comparison made before any sleeping.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+
+
+class WaitTooLong(Exception):
+    """The caller's turn is further away than the limiter's `max_wait`; nothing was reserved."""
+
+    def __init__(self, wait: float, max_wait: float) -> None:
+        super().__init__(f"next free send in {wait:.2f} s, more than the {max_wait:g} s allowed")
+        self.wait = wait
+        self.max_wait = max_wait
 
 
 class RateLimiter:
-    """`await acquire()` returns how long the caller waited. Burst = one second's worth of sends."""
+    """`await acquire(cost)` returns how long the caller waited. Burst = one second's worth of sends.
 
-    def __init__(self, rate: float, *, clock=time.monotonic) -> None:
+    `max_wait` (seconds, None: unbounded) bounds the wait: a caller whose turn is later than that is
+    refused at once with `WaitTooLong`, since every waiter holds its message in memory. A cost larger
+    than the burst is let through once the bucket is full and leaves it in debt for the next callers.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        max_wait: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
         if rate <= 0:
             raise ValueError("rate must be > 0")
+        if max_wait is not None and max_wait < 0:
+            raise ValueError("max_wait must be >= 0 or None")
         self.rate = rate
+        self.max_wait = max_wait
         self._capacity = max(1.0, rate)
-        self._tokens = self._capacity
         self._clock = clock
-        self._updated = clock()
-        self._lock = asyncio.Lock()  # FIFO: waiters are served in arrival order
+        self._sleep = sleep
+        self._full_at = clock()  # when the bucket holds `capacity` tokens again; now or earlier: full
 
-    def _refill(self) -> None:
+    async def acquire(self, cost: float = 1) -> float:
+        if cost <= 0:
+            raise ValueError("cost must be > 0")
         now = self._clock()
-        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
-
-    async def acquire(self) -> float:
-        self._refill()
-        if self._tokens >= 1 and not self._lock.locked():
-            self._tokens -= 1
+        # Tokens at time t: capacity - (full_at - t) * rate; the caller's cost is there from `due` on
+        # (a cost above the burst: from when the bucket is full).
+        due = max(now, self._full_at - (self._capacity - min(cost, self._capacity)) / self.rate)
+        wait = due - now
+        if self.max_wait is not None and wait > self.max_wait:
+            raise WaitTooLong(wait, self.max_wait)  # refused before anything is reserved
+        self._full_at = max(self._full_at, now) + cost / self.rate
+        if wait <= 0:
             return 0.0
-        started = self._clock()
-        async with self._lock:
-            while True:
-                self._refill()
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return self._clock() - started
-                await asyncio.sleep((1 - self._tokens) / self.rate)
+        try:
+            await self._sleep(wait)
+        except asyncio.CancelledError:
+            # Give the reservation back, so a cancelled caller leaves no debt. Callers behind it keep
+            # their (now slightly late) turns: sending later than due never breaks the rate.
+            self._full_at -= cost / self.rate
+            raise
+        return self._clock() - now
 
 
 class Unlimited:
     """Null object for `max_send_rate: null`."""
 
     rate = None
+    max_wait = None
 
-    async def acquire(self) -> float:
+    async def acquire(self, cost: float = 1) -> float:
         return 0.0

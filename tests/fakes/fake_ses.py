@@ -20,6 +20,9 @@ in another thread (or process) can use it alike::
 Order of checks for each request (every request is counted in ``received`` and, unless
 ``record=False``, recorded in ``requests``):
 
+0. a :meth:`Fault.slow_read` at the head of the queue is consumed by a signed SendEmail request
+   before its body is read: the body is read at that rate, then the request goes on from step 1
+   (each request consumes at most one fault);
 1. unknown path/method -> 404 ``UnknownOperationException`` (does not consume a fault);
 2. missing/non-SigV4 ``Authorization`` (when ``require_auth``) -> 403 ``UnrecognizedClientException``
    (does not consume a fault);
@@ -70,7 +73,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 
 SEND_EMAIL_PATH = "/v2/email/outbound-emails"
 SUPPRESSION_PATH = "/v2/email/suppression/addresses"
@@ -115,17 +118,21 @@ DEFAULT_MESSAGES: dict[str, str] = {
 }
 
 _JSON = "application/json"
+_SLOW_READ_TICK = 0.02  # seconds between reads of a slow_read body
+_SLOW_READ_BUFFER = 64 * 1024  # bytes; SO_RCVBUF of a slow_read connection
 
 
 @dataclass
 class Fault:
     """One scripted behaviour for one request; build with the classmethods below."""
 
-    kind: str  # "error" | "delay" | "reset" | "hang" | "http"
+    kind: str  # "error" | "delay" | "reset" | "hang" | "http" | "slow_read"
     code: str = ""
     message: str = ""
     status: int = 200
     seconds: float = 0.0
+    rate: float = 0.0  # bytes/second (slow_read)
+    reset_after: int = 0  # bytes (slow_read): abort the connection once this many are read; 0: never
     body: bytes = b""
     content_type: str = "text/html"
 
@@ -153,6 +160,16 @@ class Fault:
     def hang(cls) -> Fault:
         """Read the request and never answer (until the server stops; then the connection is aborted)."""
         return cls(kind="hang")
+
+    @classmethod
+    def slow_read(cls, bytes_per_second: float, *, reset_after: int = 0) -> Fault:
+        """A slow uplink: read a SendEmail request's body at ``bytes_per_second``, then handle the
+        request normally; with ``reset_after``, abort the connection (RST) once that many bytes are
+        read. A request cut short either way (or by the client) stays recorded as ``"incomplete"``,
+        with the bytes that did arrive in ``raw_body``. (``hang``/``delay`` stall the answer instead.)"""
+        if bytes_per_second <= 0:
+            raise ValueError("bytes_per_second must be > 0")
+        return cls(kind="slow_read", rate=bytes_per_second, reset_after=reset_after)
 
     @classmethod
     def http_status(
@@ -450,6 +467,51 @@ class FakeSES:
         with self._lock:
             return self._faults.popleft() if self._faults else None
 
+    def _take_slow_read(self, request: web.Request) -> Fault | None:
+        """The queued slow_read fault, consumed by a SendEmail request before its body is read."""
+        if not self._faults or request.path != SEND_EMAIL_PATH or request.method != "POST":
+            return None
+        if self.require_auth and not request.headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256 "):
+            return None  # answered 403 without consuming a fault, as for the other faults
+        with self._lock:
+            if not self._faults or self._faults[0].kind != "slow_read":
+                return None
+            fault = self._faults.popleft()
+        sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+        if sock is not None:
+            # A small receive buffer, as on a slow path: loopback would otherwise buffer megabytes
+            # the fake has not read yet.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SLOW_READ_BUFFER)
+        return fault
+
+    async def _read_slowly(self, request: web.Request, fault: Fault, rec: RecordedRequest | None) -> bytes | None:
+        """The body, read at ``fault.rate`` bytes/s; None when the request was cut short (by the client,
+        by ``fault.reset_after`` or by the fake stopping): it stays recorded as "incomplete"."""
+        parts: list[bytes] = []
+        read = 0
+        step = max(1, int(fault.rate * _SLOW_READ_TICK))
+        if rec is not None:
+            rec.outcome = "incomplete"  # until the whole body is in
+        try:
+            while chunk := await request.content.read(step):
+                parts.append(chunk)
+                read += len(chunk)
+                if 0 < fault.reset_after <= read or await self._wait_or_stop(len(chunk) / fault.rate):
+                    self._abort(request)
+                    return None
+        except (ConnectionError, ClientPayloadError):
+            return None  # the client closed the connection mid-body
+        finally:
+            if rec is not None:
+                rec.raw_body = b"".join(parts)
+        raw = b"".join(parts)
+        if request.content_length is not None and len(raw) < request.content_length:
+            return None
+        if rec is not None:
+            rec.outcome = "pending"
+        return raw
+
     def _take_token(self) -> bool:
         assert self.max_rate is not None
         now = time.monotonic()
@@ -462,9 +524,19 @@ class FakeSES:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.received += 1
-        raw = await request.read()
         rec: RecordedRequest | None = None
-        if self.record:
+        slow = self._take_slow_read(request)
+        if slow is None:
+            raw = await request.read()
+        else:
+            if self.record:  # recorded while it is read, so a test sees an upload that never ended
+                rec = RecordedRequest(request.method, request.path, dict(request.headers), None, None)
+                with self._lock:
+                    self._requests.append(rec)
+            raw = await self._read_slowly(request, slow, rec)
+            if raw is None:
+                return web.Response()  # nobody is left to answer
+        if self.record and rec is None:
             rec = RecordedRequest(
                 request.method, request.path, dict(request.headers), None, None, raw_body=raw
             )
@@ -499,7 +571,7 @@ class FakeSES:
             invalid = self._validate(body, rec)
 
         wait = self.latency
-        fault = self._next_fault()
+        fault = None if slow is not None else self._next_fault()  # one fault per request
         if fault is not None:
             response = await self._apply_fault(fault, request, rec, answer, error)
             if response is not None:

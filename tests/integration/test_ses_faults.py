@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import pytest
 
 from relay.ses import errors
-from relay.smtp import replies
 from tests.conftest import free_port
 from tests.fakes.fake_ses import SEND_EMAIL_PATH, FakeSES, Fault
 
@@ -100,7 +99,7 @@ def assert_recovers(relay, fake: FakeSES, sent_before: int) -> None:
     assert code == 250, reply
     ids = fake.message_ids
     assert len(ids) == sent_before + 1
-    assert reply.decode() == text(replies.OK_SENT.format(message_id=ids[-1]))
+    assert reply.decode() == text(errors.SENT.format(message_id=ids[-1]))
     assert fake.requests[-1].raw_message == MESSAGE
     assert relay.metric("ses_relay_smtp_transactions_total", {"result": "2xx"}) == 1
 
@@ -178,7 +177,7 @@ def test_faults_on_a_warm_keepalive_pool_then_success(fake_ses, relay_factory):
     code, reply = send(relay.smtp_port)
     assert code == 250, reply
     assert len(fake_ses.message_ids) == 2
-    assert reply.decode() == text(replies.OK_SENT.format(message_id=fake_ses.message_ids[-1]))
+    assert reply.decode() == text(errors.SENT.format(message_id=fake_ses.message_ids[-1]))
     assert relay.metric("ses_relay_smtp_transactions_total", {"result": "2xx"}) == 2
 
 
@@ -190,7 +189,7 @@ def test_request_is_signed_sesv2_raw_send_with_envelope_recipients(fake_ses, rel
     code, reply = send(relay.smtp_port)
     assert code == 250
     (request,) = fake_ses.requests
-    assert reply.decode() == text(replies.OK_SENT.format(message_id=request.message_id))
+    assert reply.decode() == text(errors.SENT.format(message_id=request.message_id))
     assert request.method == "POST"
     assert request.path == SEND_EMAIL_PATH
     auth = request.headers["Authorization"]
@@ -270,7 +269,7 @@ def test_more_than_100_sends_in_flight_at_once(relay_factory):
         assert sorted(r.destinations[0] for r in fake.requests) == sorted(
             f"user{index}@example.org" for index in range(CONCURRENT))
         assert {reply.decode() for _, reply in results} == {
-            text(replies.OK_SENT.format(message_id=m)) for m in fake.message_ids}
+            text(errors.SENT.format(message_id=m)) for m in fake.message_ids}
         assert peak >= 100, f"at most {peak} SendEmail calls were in flight at once"
         assert relay.metric("ses_relay_messages_sent_total") == CONCURRENT
 
@@ -284,6 +283,38 @@ def test_local_rate_limit_makes_sends_wait_instead_of_failing(fake_ses, relay_fa
     assert all(r.outcome == "ok" for r in fake_ses.requests)
     assert relay.metric("ses_relay_rate_limiter_wait_seconds_count") > 0
     assert relay.metric("ses_relay_ses_errors_total", {"code": "TooManyRequestsException"}) == 0
+
+
+def test_sends_whose_turn_is_past_max_rate_wait_are_refused_at_once_then_mail_flows(fake_ses, relay_factory):
+    """1 msg/s and a 1.5 s bound: of five sends at once, the first goes, the second waits 1 s, the
+    three due 2 s away are refused at once (451 4.4.5) without taking a turn, so the next send after
+    the burst waits its one second and is sent."""
+    relay = relay_factory(fake_ses.endpoint_url, ses={"max_send_rate": 1, "max_rate_wait": 1.5})
+    at_data = threading.Barrier(5, timeout=30)
+
+    def one(index: int) -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+            client.ehlo()
+            assert client.mail(SENDER)[0] == 250
+            assert client.rcpt(f"user{index}@example.org")[0] == 250
+            at_data.wait()  # the five sends reach the limiter together
+            return client.data(MESSAGE)
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        results = list(pool.map(one, range(5)))
+
+    codes = sorted(code for code, _ in results)
+    assert codes == [250, 250, 451, 451, 451]
+    assert {reply.decode() for code, reply in results if code == 451} == {text(errors.RATE_WAIT)}
+    assert relay.metric("ses_relay_rate_limiter_refusals_total") == 3
+    assert len(fake_ses.requests) == 2  # a refused send never reaches SES
+    assert relay.metric("ses_relay_ses_errors_total", {"code": "rate_wait"}) == 0  # not an SES error
+
+    code, reply = send(relay.smtp_port)
+    assert code == 250, reply
+    assert len(fake_ses.message_ids) == 3
+    assert relay.metric("ses_relay_rate_limiter_wait_seconds_count") == 2
+    assert relay.metric("ses_relay_rate_limiter_refusals_total") == 3
 
 
 def test_send_rate_auto_applies_the_account_quota_from_getaccount(fake_ses, relay_factory):
@@ -328,3 +359,86 @@ def test_http_200_without_message_id_is_not_reported_as_sent(fake_ses, relay_fac
     assert relay.metric("ses_relay_messages_sent_total") == 0
     assert relay.metric("ses_relay_ses_errors_total", {"code": "timeout_after_send"}) == 1
     assert_recovers(relay, fake_ses, sent_before=0)
+
+
+# -- time limits: connect, upload (grows with the message), answer -------------------------------
+
+# The fake reads a slow_read body at this rate. The message is big enough (about 20 MB of SendEmail
+# body) that loopback's socket buffers (the relay's send buffer autotunes up to tcp_wmem's maximum,
+# 4 MiB by default) hold only a part of it: the upload really is paced by the fake.
+SLOW_UPLINK = 5_000_000  # bytes/s: the whole body takes about 4 s
+
+
+@pytest.fixture(scope="module")
+def big_message() -> bytes:
+    """MESSAGE grown to 15 MiB (so it is streamed to SES, in 1 MiB chunks), in long lines: the SMTP
+    side reads line by line."""
+    line = b"0123456789" * 99 + b"\r\n"
+    return MESSAGE + line * (15 * 1024 * 1024 // len(line))
+
+
+def test_upload_slower_than_min_upload_rate_is_not_sent(relay_factory, big_message):
+    """The upload limit expires while the body is still being written: SES never had the whole
+    request, so the reply is 'not sent' (4.4.1) and the client may resend without duplicating."""
+    with FakeSES() as fake:
+        # Upload limit: 0.25 + 20 MB / 100 MB/s = 0.45 s, far less than the fake's 4 s.
+        relay = relay_factory(fake.endpoint_url, ses={
+            "connect_timeout": 0.25, "request_timeout": 2.5, "min_upload_rate": 100_000_000})
+        fake.queue(Fault.slow_read(SLOW_UPLINK))
+        code, reply = send(relay.smtp_port, big_message)
+        assert (code, reply.decode()) == (451, text(errors.UPLOAD_TOO_SLOW))
+        (request,) = fake.requests
+        assert request.outcome == "incomplete"  # and stays so: the relay never handed over the rest
+        assert fake.sent == 0
+        assert relay.metric("ses_relay_ses_errors_total", {"code": "upload_timeout"}) == 1
+        assert relay.metric("ses_relay_ses_errors_total", {"code": "timeout_after_send"}) == 0
+        assert relay.metric("ses_relay_smtp_transactions_total", {"result": "4xx"}) == 1
+        assert_recovers(relay, fake, sent_before=0)
+    assert len(request.raw_body) < int(request.headers["Content-Length"])
+
+
+def test_the_same_slow_upload_within_its_limit_is_sent(relay_factory, big_message):
+    """The answer limit (2.5 s) and connect limit (0.25 s) together are shorter than the 4 s upload:
+    one fixed limit for the whole call would cut it off. The upload limit, 0.25 + 20 MB / 2 MB/s,
+    gives it time."""
+    with FakeSES() as fake:
+        relay = relay_factory(fake.endpoint_url, ses={
+            "connect_timeout": 0.25, "request_timeout": 2.5, "min_upload_rate": 2_000_000})
+        fake.queue(Fault.slow_read(SLOW_UPLINK))
+        code, reply = send(relay.smtp_port, big_message)
+        assert code == 250, reply
+        (request,) = fake.requests
+        assert request.outcome == "ok"
+        assert reply.decode() == text(errors.SENT.format(message_id=request.message_id))
+        assert request.raw_message == big_message
+        assert relay.metric("ses_relay_messages_sent_total") == 1
+
+
+def test_whole_body_then_no_answer_is_outcome_unknown(relay_factory, big_message):
+    """The body is complete at the fake, which never answers: SES may have the message (4.4.2)."""
+    with FakeSES() as fake:
+        relay = relay_factory(fake.endpoint_url, ses={
+            "connect_timeout": 0.25, "request_timeout": 1, "min_upload_rate": 2_000_000})
+        fake.queue(Fault.hang())
+        code, reply = send(relay.smtp_port, big_message)
+        assert (code, reply.decode()) == (451, text(errors.OUTCOME_UNKNOWN))
+        (request,) = fake.requests
+        assert request.outcome == "hang"
+        assert request.raw_message == big_message  # the whole request arrived
+        assert relay.metric("ses_relay_ses_errors_total", {"code": "timeout_after_send"}) == 1
+        assert relay.metric("ses_relay_ses_errors_total", {"code": "upload_timeout"}) == 0
+        assert_recovers(relay, fake, sent_before=0)
+
+
+def test_connection_reset_during_the_upload_is_not_sent(relay_factory, big_message):
+    """SES (or a proxy) drops the connection after 1 MB of 20: it cannot act on the request."""
+    with FakeSES() as fake:
+        relay = relay_factory(fake.endpoint_url, ses={"min_upload_rate": 2_000_000})
+        fake.queue(Fault.slow_read(SLOW_UPLINK, reset_after=1_000_000))
+        code, reply = send(relay.smtp_port, big_message)
+        assert (code, reply.decode()) == (451, text(errors.SES_UNAVAILABLE))
+        (request,) = fake.requests
+        assert request.outcome == "incomplete"
+        assert fake.sent == 0
+        assert relay.metric("ses_relay_ses_errors_total", {"code": "connection_error"}) == 1
+        assert_recovers(relay, fake, sent_before=0)

@@ -142,6 +142,41 @@ def test_environment_overrides_are_parsed():
     assert config.event_loop == "asyncio"
 
 
+@pytest.mark.parametrize("value", ["no", "yes", "off", "true", "null", "~", "2024", "1e3", "[a]", "{a: b}"])
+def test_a_text_key_from_the_environment_is_the_text_as_written(value):
+    """YAML would turn `no` into False and `2024` into an int: a configuration set may be named so."""
+    config = load_config(
+        None,
+        environ={
+            "SES_RELAY_SES__CONFIGURATION_SET": value,
+            "SES_RELAY_SMTP__HOSTNAME": "relay2024",
+            "SES_RELAY_STATE_DIR": value,
+        },
+    )
+    assert config.ses.configuration_set == value
+    assert config.smtp.hostname == "relay2024"
+    assert config.state_dir == Path(value)
+
+
+def test_an_empty_environment_variable_means_null():
+    assert load_config(None, environ={"SES_RELAY_SES__CONFIGURATION_SET": ""}).ses.configuration_set is None
+
+
+def test_a_mixed_key_from_the_environment_is_still_parsed():
+    """max_send_rate is a number, 'auto' or null: YAML decides which."""
+    assert load_config(None, environ={"SES_RELAY_SES__MAX_SEND_RATE": "14"}).ses.max_send_rate == 14
+    assert load_config(None, environ={"SES_RELAY_SES__MAX_SEND_RATE": "auto"}).ses.max_send_rate == "auto"
+    assert load_config(None, environ={"SES_RELAY_SES__MAX_SEND_RATE": "null"}).ses.max_send_rate is None
+
+
+def test_memory_budget_must_hold_two_copies_of_the_largest_message():
+    message = config_error(None, environ={"SES_RELAY_SMTP__MEMORY_BUDGET": str(50 * 1024 * 1024)})
+    assert "smtp.memory_budget" in message and "max_message_size" in message
+    config = load_config(None, environ={"SES_RELAY_SMTP__MEMORY_BUDGET": "2097152",
+                                        "SES_RELAY_SMTP__MAX_MESSAGE_SIZE": "1048576"})
+    assert config.smtp.memory_budget == 2 * 1024 * 1024
+
+
 def test_environment_beats_the_file_key_by_key(tmp_path):
     path = write(tmp_path, "smtp:\n  max_recipients: 20\n  hostname: file.example\nses:\n  region: us-west-2\n")
     config = load_config(path, environ={"SES_RELAY_SMTP__MAX_RECIPIENTS": "7"})

@@ -259,6 +259,38 @@ def test_hang_raises_read_timeout(fake: FakeSES) -> None:
         client.close()
 
 
+def test_slow_read_reads_the_body_at_its_rate_then_answers(fake: FakeSES, ses) -> None:
+    fake.queue(Fault.slow_read(20_000))
+    raw = RAW * 20  # about 3 KB of base64: a few of the fake's reads
+    assert send(ses, raw)["MessageId"] == fake.message_ids[0]
+    [req] = fake.requests
+    assert req.outcome == "ok"
+    assert req.raw_message == raw
+    assert len(req.raw_body) == int(req.headers["Content-Length"])
+    assert fake.pending_faults == 0  # it was this request's one fault
+    assert send(ses)["MessageId"] == fake.message_ids[1]
+
+
+def test_slow_read_with_reset_after_leaves_an_incomplete_request(fake: FakeSES, ses) -> None:
+    fake.queue(Fault.slow_read(50_000, reset_after=1_000))
+    with pytest.raises(botocore.exceptions.ConnectionClosedError):
+        send(ses, RAW * 50)
+    [req] = fake.requests
+    assert req.outcome == "incomplete"
+    assert 1_000 <= len(req.raw_body) < int(req.headers["Content-Length"])
+    assert fake.sent == 0
+    assert send(ses)["MessageId"] == fake.message_ids[0]
+
+
+def test_slow_read_waits_for_a_signed_send_email_request(fake: FakeSES) -> None:
+    fake.queue(Fault.slow_read(1_000_000))
+    assert raw_post(fake.port, b"{}", path="/v2/email/identities", headers=AUTH)[0] == 404
+    assert raw_post(fake.port, b"{}")[0] == 403
+    assert fake.pending_faults == 1
+    with pytest.raises(ValueError):
+        Fault.slow_read(0)
+
+
 def test_stop_with_hung_request_in_flight() -> None:
     fake = FakeSES()
     fake.start()

@@ -1,4 +1,6 @@
-"""The SES client's pure parts: the SendEmail body, the error table, the rate limiter, and its SigV4."""
+"""The SES client's pure parts: the SendEmail body, the error table, the time limits, and its SigV4.
+
+The rate limiter's tests are in test_rate.py."""
 
 from __future__ import annotations
 
@@ -16,10 +18,16 @@ from botocore.credentials import Credentials
 
 from relay.sending import ListManagement, OutgoingMessage, PermanentSendError, TransientSendError
 from relay.ses import errors
-from relay.ses import rate as rate_module
-from relay.ses.client import SEND_EMAIL_PATH, _Request, _SigV4, build_request_body
-from relay.ses.rate import RateLimiter
-from relay.smtp import replies
+from relay.ses.client import (
+    SEND_EMAIL_PATH,
+    _CallPhases,
+    _Request,
+    _SigV4,
+    _stream,
+    build_request_body,
+    request_body,
+    upload_time_limit,
+)
 
 RAW = (
     b"From: Alice <alice@example.com>\r\n"
@@ -234,7 +242,12 @@ def test_failures_without_an_http_answer():
     assert errors.outcome_unknown("reset").reply == errors.OUTCOME_UNKNOWN
     assert errors.outcome_unknown("reset").code == "timeout_after_send"
     assert errors.no_credentials("none").reply == errors.NO_CREDENTIALS
-    for error in (errors.not_sent("x"), errors.outcome_unknown("x"), errors.no_credentials("x")):
+    assert errors.upload_timeout("slow").reply == errors.UPLOAD_TOO_SLOW
+    assert errors.upload_timeout("slow").code == "upload_timeout"
+    assert errors.rate_wait("busy").reply == errors.RATE_WAIT
+    assert errors.rate_wait("busy").code == "rate_wait"
+    for error in (errors.not_sent("x"), errors.outcome_unknown("x"), errors.no_credentials("x"),
+                  errors.upload_timeout("x"), errors.rate_wait("x")):
         assert isinstance(error, TransientSendError)
         assert errors.metric_code(error.code) == error.code
 
@@ -261,95 +274,74 @@ def test_metric_code_is_a_closed_set(code, label):
 
 def test_every_reply_constant_has_matching_code_and_enhanced_code_classes():
     for name in ("THROTTLED", "SENDING_PAUSED", "SES_UNAVAILABLE", "OUTCOME_UNKNOWN", "OPERATOR_ERROR",
-                 "NO_CREDENTIALS", "REJECTED", "BAD_CONTENT", "ACCOUNT_SUSPENDED"):
+                 "NO_CREDENTIALS", "REJECTED", "BAD_CONTENT", "ACCOUNT_SUSPENDED", "UPLOAD_TOO_SLOW",
+                 "RATE_WAIT"):
         line = getattr(errors, name)
         assert re.match(r"^([45])\d\d \1\.\d{1,3}\.\d{1,3} \S", line), name
 
 
-# -- RateLimiter --------------------------------------------------------------------------------
+# -- time limits: connect, upload, answer --------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        """Virtual time: let every ready task run first (they all live "now"), then jump ahead."""
-        self.sleeps.append(seconds)
-        wake = self.now + seconds
-        await asyncio.sleep(0)
-        self.now = max(self.now, wake)
+def test_upload_limit_grows_with_the_body_from_the_connect_limit():
+    small = len(request_body(message(), None, {}))
+    assert upload_time_limit(small, 262144, 5.0) == pytest.approx(5.0, abs=0.01)
+    # 40 MiB raw is 53 MB of base64: at 256 KiB/s the upload may take 213 s more than the floor,
+    # where one fixed 35 s limit for the whole call needed 12 Mbit/s.
+    big = len(request_body(message(raw=b"x" * (40 * 1024 * 1024)), None, {}))
+    assert big > 4 * 40 * 1024 * 1024 // 3
+    assert upload_time_limit(big, 262144, 5.0) == pytest.approx(5.0 + big / 262144)
+    assert 215 < upload_time_limit(big, 262144, 5.0) < 220
+    assert upload_time_limit(big, 2 * 262144, 5.0) == pytest.approx(5.0 + big / 524288)
 
 
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    # Only the limiter's module sees the fake sleep; the event loop keeps the real asyncio.
-    monkeypatch.setattr(rate_module, "asyncio", _AsyncioWithSleep(fake.sleep))
-    return fake
+async def _drain(chunks: list[bytes]) -> list[tuple[bytes, str, float]]:
+    """Take `chunks` through _stream as aiohttp does; for each: the phase and the deadline left."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(5.0) as deadline:
+        phases = _CallPhases(deadline, upload_limit=100.0, answer_limit=1000.0)
+        assert phases.phase == "connect"
+        seen = []
+        async for chunk in _stream(iter(chunks), phases):
+            seen.append((chunk, phases.phase, deadline.when() - loop.time()))
+        phases.end()
+    return seen
 
 
-class _AsyncioWithSleep:
-    def __init__(self, sleep) -> None:
-        self.sleep = sleep
-
-    def __getattr__(self, name: str):
-        return getattr(asyncio, name)
-
-
-def test_rate_limiter_allows_a_burst_then_waits(clock: FakeClock):
-    async def scenario() -> list[float]:
-        limiter = RateLimiter(2, clock=clock)
-        return [await limiter.acquire() for _ in range(4)]
-
-    waits = asyncio.run(scenario())
-    assert waits[:2] == [0.0, 0.0]  # a burst of one second's worth
-    assert waits[2] == pytest.approx(0.5)  # the 3rd waits for a token at 2/s
-    assert waits[3] == pytest.approx(0.5)
-    assert clock.sleeps == [pytest.approx(0.5), pytest.approx(0.5)]
-    assert clock.now == pytest.approx(1001.0)
+def test_each_phase_moves_the_deadline_and_only_the_last_chunk_starts_the_answer():
+    seen = asyncio.run(_drain([b"prefix", b"data", b"suffix"]))
+    assert [(chunk, phase) for chunk, phase, _ in seen] == [
+        (b"prefix", "upload"), (b"data", "upload"), (b"suffix", "answer")]
+    assert [round(left, -1) for _, _, left in seen] == [100, 100, 1000]
 
 
-def test_rate_limiter_refills_with_time(clock: FakeClock):
-    async def scenario() -> list[float]:
-        limiter = RateLimiter(2, clock=clock)
-        waits = [await limiter.acquire(), await limiter.acquire()]
-        clock.now += 1.0  # a second later the bucket is full again (capacity 2)
-        waits += [await limiter.acquire(), await limiter.acquire()]
-        return waits
-
-    assert asyncio.run(scenario()) == [0.0, 0.0, 0.0, 0.0]
-    assert clock.sleeps == []
+def test_a_one_chunk_body_goes_straight_to_the_answer_phase():
+    (seen,) = asyncio.run(_drain([b"whole body"]))
+    assert seen[:2] == (b"whole body", "answer")
+    assert round(seen[2], -1) == 1000
 
 
-def test_rate_limiter_serves_concurrent_waiters_in_order(clock: FakeClock):
-    async def scenario() -> list[tuple[int, float]]:
-        limiter = RateLimiter(1, clock=clock)
-        done: list[tuple[int, float]] = []
+def test_phases_never_move_an_expired_or_ended_deadline():
+    """aiohttp's writer is a task of its own and may take a chunk after the call timed out or ended;
+    moving that deadline would raise RuntimeError in the writer."""
 
-        async def one(index: int) -> None:
-            done.append((index, await limiter.acquire()))
+    async def scenario() -> list[str]:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01) as expired:
+                late = _CallPhases(expired, upload_limit=100.0, answer_limit=1000.0)
+                try:
+                    await asyncio.sleep(1)
+                finally:
+                    late.uploading()  # the deadline is expiring
+        late.answering()
+        async with asyncio.timeout(5.0) as deadline:
+            ended = _CallPhases(deadline, upload_limit=100.0, answer_limit=1000.0)
+            await asyncio.sleep(0)
+        ended.end()
+        ended.uploading()
+        return [late.phase, ended.phase]
 
-        await asyncio.gather(*(one(i) for i in range(4)))
-        return done
-
-    done = asyncio.run(scenario())
-    assert [index for index, _ in done] == [0, 1, 2, 3]
-    assert [wait for _, wait in done] == [0.0, pytest.approx(1.0), pytest.approx(2.0), pytest.approx(3.0)]
-
-
-def test_rate_limiter_fractional_rate_and_validation(clock: FakeClock):
-    async def scenario() -> list[float]:
-        limiter = RateLimiter(0.5, clock=clock)
-        return [await limiter.acquire(), await limiter.acquire()]
-
-    assert asyncio.run(scenario()) == [0.0, pytest.approx(2.0)]
-    with pytest.raises(ValueError):
-        RateLimiter(0)
+    assert asyncio.run(scenario()) == ["answer", "upload"]
 
 
 # -- SigV4: the relay's signer against stock botocore ----------------------------------------------
@@ -394,7 +386,7 @@ def test_relay_request_signature_verifies_with_botocore(fake_ses, relay_factory)
         client.rcpt("bob@example.org")
         code, reply = client.data(RAW.replace(b"\x00", b""))
     assert code == 250, reply
-    assert reply.decode() == replies.OK_SENT.format(message_id=fake_ses.message_ids[0])[4:]
+    assert reply.decode() == errors.SENT.format(message_id=fake_ses.message_ids[0])[4:]
     (recorded,) = fake_ses.requests
     authorization = recorded.headers["Authorization"]
     match = re.fullmatch(
