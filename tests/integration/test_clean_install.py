@@ -22,7 +22,8 @@ import boto3
 import pytest
 import yaml
 
-from tests.conftest import MotoServer, free_port
+from testkit.moto_server import MotoServer
+from testkit.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_TIMEOUT = 600  # seconds; a cold pip cache downloads every dependency

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from relay.suppression.base import Reason, SuppressionEntry
-from tests.conftest import start_relay
+from testkit.relay_thread import start_relay
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.fakes.fake_ses import FakeSES
+from testkit.fake_ses import FakeSES
 
 
 def run_cli(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess:

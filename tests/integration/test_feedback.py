@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import json
 import smtplib
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,10 +14,12 @@ import boto3
 import pytest
 
 from relay.smtp import replies
-from tests.fakes.sns_signer import TOPIC_ARN, FakeSns
+from testkit.messages import plain_message
+from testkit.sns_signer import TOPIC_ARN, FakeSns
+from testkit.waiting import wait_until
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "ses"
-MESSAGE = b"From: alice@example.com\r\nTo: jane@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
+MESSAGE = plain_message(to="jane@example.org", subject="hi", body=b"hello\r\n")
 
 
 def bounce_for(address: str) -> dict:
@@ -151,15 +152,6 @@ def sqs_client(moto):
                         aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
-def wait_until(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
 def test_bounce_via_sqs_blocks_the_next_rcpt_and_is_deleted(moto, relay_factory, fake_sns):
     sqs = sqs_client(moto)
     queue_url = sqs.create_queue(QueueName="ses-feedback", Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
@@ -172,11 +164,11 @@ def test_bounce_via_sqs_blocks_the_next_rcpt_and_is_deleted(moto, relay_factory,
     sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(
         json.loads((FIXTURES / "complaint_notification.json").read_text())))
     sqs.send_message(QueueUrl=queue_url, MessageBody="this is not feedback")
-    assert wait_until(lambda: store_count(relay) == 2)
+    wait_until(lambda: store_count(relay) == 2, timeout=15.0)
     assert rcpt_reply(relay, "jane@example.org")[0] == 550
     assert rcpt_reply(relay, "angry@example.org")[0] == 550
     # Applied messages are deleted; the unparsable one stays for the dead-letter queue.
-    assert wait_until(lambda: relay.metric("ses_relay_sqs_errors_total", {"kind": "unparsable"}) >= 1)
+    wait_until(lambda: relay.metric("ses_relay_sqs_errors_total", {"kind": "unparsable"}) >= 1, timeout=15.0)
     attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
     remaining = int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
     assert remaining == 1
@@ -203,7 +195,7 @@ def test_all_metrics_with_feedback_and_guard_pass_promtool(moto, relay_factory, 
     """Every metric family, including the feedback, guard and sync ones, with samples in it."""
     import subprocess
 
-    from tests.conftest import require_tool
+    from testkit.tools import require_tool
 
     promtool = require_tool("promtool")
     relay = relay_factory(moto.endpoint_url, relay_kwargs={"sns_http_get": fake_sns.http_get},

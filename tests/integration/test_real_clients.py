@@ -18,17 +18,18 @@ import shutil
 import smtplib
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from relay.ses import errors
 from relay.suppression.base import Reason, SuppressionEntry
-from tests.clients.postfix import PostfixInstance
-from tests.conftest import free_port, require_tool
-from tests.fakes.fake_ses import FakeSES, Fault, RecordedRequest
+from testkit.fake_ses import FakeSES, Fault, RecordedRequest
+from testkit.net import free_port
+from testkit.postfix import PostfixInstance
+from testkit.tools import require_tool
+from testkit.waiting import wait_until
 
 pytestmark = pytest.mark.client
 
@@ -81,15 +82,6 @@ def only_request(fake: FakeSES) -> RecordedRequest:
 
 def suppress(relay, address: str, reason: Reason = Reason.BOUNCE) -> None:
     relay.call(relay.store.put(SuppressionEntry(address, reason)))
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = DELIVERY_TIMEOUT,
-               what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------------------------------- swaks
@@ -248,7 +240,7 @@ def test_phpmailer_suppressed_recipient_fails_with_550(fake_ses, relay_factory):
 # -------------------------------------------------------------------------------------------- Postfix
 
 class PrivatePostfix(PostfixInstance):
-    """The shared private Postfix (tests/clients/postfix.py) as a client: its relayhost is the relay.
+    """The shared private Postfix (testkit/postfix.py) as a client: its relayhost is the relay.
 
     Its directory is made with tempfile, not pytest's tmp_path: Postfix's daemons run as the
     `postfix` user and must reach the queue, and pytest's base directory is mode 0700. It is short
@@ -325,7 +317,7 @@ def wait_for_sent(fake: FakeSES, postfix: PrivatePostfix, count: int = 1) -> lis
         return sum(r.outcome == "ok" for r in fake.requests) >= count
 
     try:
-        wait_until(sent, what=f"{count} message(s) relayed by Postfix")
+        wait_until(sent, DELIVERY_TIMEOUT, f"timed out waiting for {count} message(s) relayed by Postfix")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{postfix.log()}") from None
     return [r for r in fake.requests if r.outcome == "ok"]
@@ -345,7 +337,7 @@ def test_postfix_relays_every_envelope_recipient(fake_ses, postfix):
     requests = wait_for_sent(fake_ses, postfix)
     assert_postfix_delivered(requests, POSTFIX_RECIPIENTS)
     assert all(b"hidden@example.com" not in header_block(r.raw_message) for r in requests)
-    wait_until(lambda: "Mail queue is empty" in postfix.queue_listing(), what="an empty Postfix queue")
+    wait_until(lambda: "Mail queue is empty" in postfix.queue_listing(), DELIVERY_TIMEOUT, "timed out waiting for an empty Postfix queue")
 
 
 def test_postfix_relays_null_sender(fake_ses, postfix):
@@ -359,7 +351,7 @@ def test_postfix_relays_null_sender(fake_ses, postfix):
     assert request.destinations == ["bob@example.org"]
     assert b"From: Mail Delivery System <MAILER-DAEMON@example.com>\r\n" in header_block(request.raw_message)
     # postlogd writes the log asynchronously, so the line may land a moment after the delivery
-    wait_until(lambda: re.search(r"from=<>, .*\(queue active\)", postfix.log()), what="qmgr's from=<> log line")
+    wait_until(lambda: re.search(r"from=<>, .*\(queue active\)", postfix.log()), DELIVERY_TIMEOUT, "timed out waiting for qmgr's from=<> log line")
 
 
 def test_postfix_defers_on_451_and_delivers_after_flush(fake_ses, postfix):
@@ -370,17 +362,17 @@ def test_postfix_defers_on_451_and_delivers_after_flush(fake_ses, postfix):
         return errors.THROTTLED in postfix.queue_listing()
 
     try:
-        wait_until(deferred, what="the message deferred in Postfix's queue")
+        wait_until(deferred, DELIVERY_TIMEOUT, "timed out waiting for the message deferred in Postfix's queue")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{postfix.log()}") from None
     assert [r.outcome for r in fake_ses.requests] == ["TooManyRequestsException"]
-    wait_until(lambda: "status=deferred" in postfix.log(), what="Postfix to log status=deferred")
+    wait_until(lambda: "status=deferred" in postfix.log(), DELIVERY_TIMEOUT, "timed out waiting for Postfix to log status=deferred")
     assert "status=bounced" not in postfix.log()
 
     postfix.flush()
     requests = wait_for_sent(fake_ses, postfix)
     assert_postfix_delivered(requests, POSTFIX_RECIPIENTS)
-    wait_until(lambda: "Mail queue is empty" in postfix.queue_listing(), what="an empty Postfix queue")
+    wait_until(lambda: "Mail queue is empty" in postfix.queue_listing(), DELIVERY_TIMEOUT, "timed out waiting for an empty Postfix queue")
 
 
 # ---------------------------------------------------------------------------------------- smtp-source

@@ -8,6 +8,7 @@ import pytest
 
 from relay.ses import errors
 from relay.smtp import replies
+from testkit.messages import plain_message
 
 MESSAGE = (
     b"From: Alice Example <alice@example.com>\r\n"
@@ -62,7 +63,7 @@ def test_message_reaches_ses_byte_for_byte_with_all_envelope_recipients(moto, re
 def test_null_sender_is_accepted_and_sent(moto, relay_factory):
     relay = relay_factory(moto.endpoint_url)
     code, reply = send(relay.smtp_port, "", ["bob@example.org"],
-                       b"From: MAILER-DAEMON@example.com\r\nTo: bob@example.org\r\nSubject: bounce\r\n\r\nx\r\n")
+                       plain_message("MAILER-DAEMON@example.com", subject="bounce"))
     assert code == 250, reply
     assert len(moto.raw_messages()) == 1
 
@@ -70,7 +71,7 @@ def test_null_sender_is_accepted_and_sent(moto, relay_factory):
 def test_unverified_sender_is_bounced_with_ses_reason(moto, relay_factory):
     relay = relay_factory(moto.endpoint_url)
     code, reply = send(relay.smtp_port, "a@unverified.example", ["bob@example.org"],
-                       b"From: a@unverified.example\r\nTo: bob@example.org\r\nSubject: x\r\n\r\nx\r\n")
+                       plain_message("a@unverified.example"))
     assert code == 554
     assert reply.startswith(b"5.7.1 Amazon SES rejected the message: ")
     assert b"unverified.example" in reply
@@ -93,7 +94,7 @@ def test_suppressed_recipient_is_refused_at_rcpt_and_others_are_sent(moto, relay
         code, reply = client.rcpt("angry@example.org")
         assert (code, reply[:5]) == (550, b"5.7.1")
         assert client.rcpt("bob@example.org")[0] == 250
-        code, _ = client.data(b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: x\r\n\r\nx\r\n")
+        code, _ = client.data(plain_message())
         assert code == 250
     (stored,) = moto.raw_messages()
     assert "gone@example.org" not in [d.lower() for d in stored["destinations"]]
@@ -107,11 +108,11 @@ def test_drop_policy_accepts_suppressed_recipient_but_never_sends_to_it(moto, re
     relay = relay_factory(moto.endpoint_url, suppression={"on_suppressed": "drop"})
     relay.call(relay.store.put(SuppressionEntry("gone@example.org", Reason.BOUNCE)))
     code, reply = send(relay.smtp_port, "alice@example.com", ["gone@example.org"],
-                       b"From: alice@example.com\r\nTo: gone@example.org\r\nSubject: x\r\n\r\nx\r\n")
+                       plain_message(to="gone@example.org"))
     assert (code, reply.decode()) == (250, replies.OK_ALL_DROPPED[4:])
     assert moto.raw_messages() == []
     code, _ = send(relay.smtp_port, "alice@example.com", ["gone@example.org", "bob@example.org"],
-                   b"From: alice@example.com\r\nTo: gone@example.org, bob@example.org\r\nSubject: x\r\n\r\nx\r\n")
+                   plain_message(to="gone@example.org, bob@example.org"))
     assert code == 250
     (stored,) = moto.raw_messages()
     # moto adds header addresses to destinations; the envelope it got is the first entries
@@ -130,7 +131,7 @@ def test_recipient_limit_answers_452_past_the_limit(moto, relay_factory, count):
             assert client.rcpt(f"user{index}@example.org")[0] == 250
         code, reply = client.rcpt("one-too-many@example.org")
         assert (code, reply.decode()) == (452, errors_free(replies.TOO_MANY_RECIPIENTS))
-        code, _ = client.data(b"From: alice@example.com\r\nTo: undisclosed-recipients:;\r\nSubject: x\r\n\r\nx\r\n")
+        code, _ = client.data(plain_message(to="undisclosed-recipients:;"))
         assert code == 250
     (stored,) = moto.raw_messages()
     assert stored["destinations"][:count] == [f"user{index}@example.org" for index in range(count)]
@@ -157,7 +158,7 @@ def test_no_credentials_answers_451_and_readyz_says_not_ready(moto, relay_factor
     failure.value.close()
     assert body["checks"]["sender"] == {"ok": False, "detail": "no AWS credentials"}
     code, reply = send(relay.smtp_port, "alice@example.com", ["bob@example.org"],
-                       b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: x\r\n\r\nx\r\n")
+                       plain_message())
     assert (code, reply.decode()) == (451, errors.NO_CREDENTIALS[4:])
     assert moto.raw_messages() == []
 
@@ -168,7 +169,7 @@ def test_store_size_gauge_counts_existing_entries(moto, relay_config, tmp_path):
 
     from relay.suppression.base import Reason, SuppressionEntry
     from relay.suppression.sqlite import SqliteStore
-    from tests.conftest import start_relay
+    from testkit.relay_thread import start_relay
 
     config = relay_config(moto.endpoint_url)
 

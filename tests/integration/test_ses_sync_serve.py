@@ -5,7 +5,7 @@ from __future__ import annotations
 import smtplib
 import time
 
-from tests.fakes.fake_ses import FakeSES
+from testkit.fake_ses import FakeSES
 
 
 def test_serving_relay_pulls_the_ses_account_list(relay_factory):

@@ -30,6 +30,7 @@ import pytest
 
 import relay.feedback.sqs as sqs_module
 from relay.feedback.processor import FeedbackProcessor
+from testkit.waiting import wait_until
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "ses"
 RECEIVE_ERRORS = ("ses_relay_sqs_errors_total", {"kind": "receive"})
@@ -200,15 +201,6 @@ def bounce_envelope(address: str) -> str:
     return json.dumps({"Type": "Notification", "MessageId": str(uuid.uuid4()), "Message": json.dumps(event)})
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
 def metric(relay, sample: tuple[str, dict[str, str]]) -> float:
     return relay.metric(*sample)
 
@@ -250,7 +242,7 @@ def start_poller_relay(relay_factory, moto, proxy: SqsFaultProxy, queue_url: str
 def assert_backs_off_then_recovers(relay, sqs, proxy: SqsFaultProxy, recover: Callable[[], str]) -> None:
     """Shared by the receive-fault tests; ``recover`` lifts the fault and returns the working queue URL."""
     # Failing receives are counted, and the poller keeps trying (the count keeps growing).
-    assert wait_until(lambda: metric(relay, RECEIVE_ERRORS) >= 3)
+    wait_until(lambda: metric(relay, RECEIVE_ERRORS) >= 3)
     assert relay.relay._sqs.polls == 0
     assert poller_alive(relay)
     # ... but not in a tight loop: only a handful of attempts reach the server in a fixed window.
@@ -265,15 +257,15 @@ def assert_backs_off_then_recovers(relay, sqs, proxy: SqsFaultProxy, recover: Ca
 
     queue_url = recover()
     sqs.send_message(QueueUrl=queue_url, MessageBody=bounce_envelope("jane@example.org"))
-    assert wait_until(lambda: relay.call(relay.store.get("jane@example.org")) is not None)
+    wait_until(lambda: relay.call(relay.store.get("jane@example.org")) is not None)
     entry = relay.call(relay.store.get("jane@example.org"))
     assert (entry.reason.value, entry.source) == ("BOUNCE", "sqs")
     assert rcpt_code(relay, "jane@example.org") == 550
     # Really recovered: receives succeed again, the message is deleted, no new receive errors.
     errors_after_recovery = metric(relay, RECEIVE_ERRORS)
     polls = relay.relay._sqs.polls
-    assert wait_until(lambda: relay.relay._sqs.polls >= polls + 2)
-    assert wait_until(lambda: messages_in_queue(sqs, queue_url) == 0)
+    wait_until(lambda: relay.relay._sqs.polls >= polls + 2)
+    wait_until(lambda: messages_in_queue(sqs, queue_url) == 0)
     assert metric(relay, RECEIVE_ERRORS) == errors_after_recovery
     assert metric(relay, DELETE_ERRORS) == 0
     assert poller_alive(relay)
@@ -324,7 +316,7 @@ def test_failed_delete_keeps_the_event_and_the_redelivery_is_not_counted_again(m
     sqs.send_message(QueueUrl=queue_url, MessageBody=bounce_envelope("jane@example.org"))
 
     # The delete failed after the store write: the event is stored, the failure counted.
-    assert wait_until(lambda: metric(relay, DELETE_ERRORS) >= 1)
+    wait_until(lambda: metric(relay, DELETE_ERRORS) >= 1)
     entry = relay.call(relay.store.get("jane@example.org"))
     assert entry is not None and (entry.reason.value, entry.source) == ("BOUNCE", "sqs")
     assert rcpt_code(relay, "jane@example.org") == 550
@@ -333,7 +325,7 @@ def test_failed_delete_keeps_the_event_and_the_redelivery_is_not_counted_again(m
     # timeout; the delete is tried again, but the event is not counted again (the guard would see
     # the bounce twice).
     assert messages_in_queue(sqs, queue_url) == 1
-    assert wait_until(lambda: metric(relay, DELETE_ERRORS) >= 3)
+    wait_until(lambda: metric(relay, DELETE_ERRORS) >= 3)
     assert metric(relay, SQS_BOUNCES) == 1
     # The store still holds the one entry, unchanged.
     assert relay.call(relay.store.count()) == 1
@@ -348,7 +340,7 @@ def test_failed_delete_keeps_the_event_and_the_redelivery_is_not_counted_again(m
 
     # Once deletes work again, the next redelivery is deleted for good.
     sqs_proxy.heal("DeleteMessage")
-    assert wait_until(lambda: messages_in_queue(sqs, queue_url) == 0)
+    wait_until(lambda: messages_in_queue(sqs, queue_url) == 0)
     assert sqs_proxy.count("DeleteMessage", "forwarded") >= 1
     assert relay.call(relay.store.count()) == 1
     assert metric(relay, SQS_BOUNCES) == 1
@@ -401,17 +393,17 @@ def test_wrongly_typed_notifications_are_counted_and_left_and_the_next_bounce_is
     relay = start_poller_relay(relay_factory, moto, sqs_proxy, queue_url)
 
     # The good bounce behind them is applied, and the poller is still polling afterwards.
-    assert wait_until(lambda: relay.call(relay.store.get("jane@example.org")) is not None)
+    wait_until(lambda: relay.call(relay.store.get("jane@example.org")) is not None)
     assert rcpt_code(relay, "jane@example.org") == 550
-    assert wait_until(lambda: metric(relay, UNPARSABLE) >= 2)
+    wait_until(lambda: metric(relay, UNPARSABLE) >= 2)
     polls = relay.relay._sqs.polls
-    assert wait_until(lambda: relay.relay._sqs.polls >= polls + 2)
+    wait_until(lambda: relay.relay._sqs.polls >= polls + 2)
     assert poller_alive(relay)
     # Never deleted: the one DeleteMessage was the good bounce's, and both went to the dead-letter queue
     # (moto moves them there on the first receive after their visibility timeout).
-    assert wait_until(lambda: dead_letters(sqs, dlq_url) == sorted(mistyped))
+    wait_until(lambda: dead_letters(sqs, dlq_url) == sorted(mistyped))
     assert sqs_proxy.count("DeleteMessage") == 1
-    assert wait_until(lambda: messages_in_queue(sqs, queue_url) == 0)
+    wait_until(lambda: messages_in_queue(sqs, queue_url) == 0)
     # Each was received once and counted once, as not SES feedback; nothing else went wrong.
     assert metric(relay, UNPARSABLE) == 2
     assert [metric(relay, m) for m in (RECEIVE_ERRORS, STORE_ERRORS, DELETE_ERRORS, INTERNAL_ERRORS)] == [0] * 4
@@ -450,11 +442,11 @@ def test_a_bug_met_while_handling_one_message_is_logged_counted_and_survived(
         sqs.send_message(QueueUrl=queue_url, MessageBody=body)
     relay = start_poller_relay(relay_factory, moto, sqs_proxy, queue_url)
 
-    assert wait_until(lambda: relay.call(relay.store.get("jane@example.org")) is not None)
+    wait_until(lambda: relay.call(relay.store.get("jane@example.org")) is not None)
     # The redelivery of the message whose first attempt hit the bug is applied and then deleted.
-    assert wait_until(lambda: relay.call(relay.store.get("apply-bug@example.org")) is not None)
-    assert wait_until(lambda: dead_letters(sqs, dlq_url) == [parser_bug])
-    assert wait_until(lambda: messages_in_queue(sqs, queue_url) == 0)
+    wait_until(lambda: relay.call(relay.store.get("apply-bug@example.org")) is not None)
+    wait_until(lambda: dead_letters(sqs, dlq_url) == [parser_bug])
+    wait_until(lambda: messages_in_queue(sqs, queue_url) == 0)
     assert relay.call(relay.store.get("parser-bug@example.org")) is None
     assert poller_alive(relay)
     assert metric(relay, UNPARSABLE) == 2  # received twice before the redrive, counted each time
@@ -491,7 +483,7 @@ def test_if_polling_ever_ends_on_an_error_it_is_logged_at_once_and_shutdown_is_c
         return [r.getMessage() for r in caplog.records
                 if r.name == "relay.feedback.sqs" and r.levelno == logging.CRITICAL]
 
-    assert wait_until(lambda: not poller_alive(relay) and ended_and_logged())
+    wait_until(lambda: not poller_alive(relay) and ended_and_logged())
     (text,) = ended_and_logged()
     assert "RuntimeError: a bug outside the per-message guard" in text and queue_url in text
     assert relay_stops_cleanly(relay)
@@ -541,7 +533,7 @@ def test_the_process_exits_while_a_long_poll_is_in_flight(moto, sqs_proxy):
     )
     try:
         # the long poll against the empty queue has reached moto (which holds it for LONG_POLL s)
-        assert wait_until(lambda: sqs_proxy.count("ReceiveMessage") >= 1, timeout=STOP_BOUND)
+        wait_until(lambda: sqs_proxy.count("ReceiveMessage") >= 1, timeout=STOP_BOUND)
         process.stdin.write("stop\n")
         process.stdin.flush()
         out, err = process.communicate(timeout=STOP_BOUND)
@@ -588,7 +580,7 @@ def test_a_message_the_abandoned_poll_receives_after_stop_is_neither_applied_nor
     # The poll still waiting in moto now takes this message, into a thread nobody listens to any more.
     sqs.send_message(QueueUrl=queue_url, MessageBody=bounce_envelope("late@example.com"))
     # Once that poll has returned the poller's thread ends (a delete would have come before).
-    assert wait_until(lambda: not any(t.name.startswith("sqs-poller") for t in threading.enumerate()), STOP_BOUND)
+    wait_until(lambda: not any(t.name.startswith("sqs-poller") for t in threading.enumerate()), STOP_BOUND)
     assert messages_in_queue(sqs, queue_url) == 1  # received (invisible for a while), not deleted
     assert sqs_proxy.count("DeleteMessage") == 0
     assert metrics.registry.get_sample_value(*SQS_BOUNCES) in (None, 0.0)

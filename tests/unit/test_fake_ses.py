@@ -1,7 +1,8 @@
-"""Tests for tests/fakes/fake_ses.py, driven through a real, unmodified botocore sesv2 client."""
+"""Tests for testkit/fake_ses.py, driven through a real, unmodified botocore sesv2 client."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -13,12 +14,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import botocore.config
 import botocore.exceptions
 import pytest
 
-from tests.fakes.fake_ses import ERROR_STATUS, SEND_EMAIL_PATH, FakeSES, Fault
+from testkit.boto import sesv2_client
+from testkit.fake_ses import ERROR_STATUS, SEND_EMAIL_PATH, FakeSES, Fault, read_accepted_log
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,20 +32,6 @@ RAW = (
     b"\r\n"
     b"Body line\r\n\x00\xff binary-ish\r\n"
 )
-
-
-def make_client(fake: FakeSES, **config: object):
-    # total_max_attempts=1: exactly one HTTP attempt (botocore's "max_attempts" counts *retries*, so
-    # max_attempts=1 would mean two attempts and a retried reset/429 would hide the fault).
-    cfg = botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"}, **config)
-    return boto3.client(
-        "sesv2",
-        region_name="us-east-1",
-        endpoint_url=fake.endpoint_url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=cfg,
-    )
 
 
 def send(client, raw: bytes = RAW, to: list[str] | None = None, **extra):
@@ -64,7 +51,7 @@ def fake() -> Iterator[FakeSES]:
 
 @pytest.fixture
 def ses(fake: FakeSES):
-    client = make_client(fake)
+    client = sesv2_client(fake)
     yield client
     client.close()
 
@@ -220,7 +207,7 @@ def test_delay_then_success(fake: FakeSES, ses) -> None:
 def test_delayed_request_answers_after_a_later_one(fake: FakeSES) -> None:
     fake.queue(Fault.delay(1.0))
     order: list[str] = []
-    slow_client, fast_client = make_client(fake), make_client(fake)
+    slow_client, fast_client = sesv2_client(fake), sesv2_client(fake)
     try:
         slow = threading.Thread(target=lambda: (send(slow_client), order.append("slow")))
         slow.start()
@@ -249,7 +236,7 @@ def test_reset_raises_connection_closed(fake: FakeSES, ses) -> None:
 
 def test_hang_raises_read_timeout(fake: FakeSES) -> None:
     fake.queue(Fault.hang())
-    client = make_client(fake, read_timeout=0.5, connect_timeout=2)
+    client = sesv2_client(fake, read_timeout=0.5, connect_timeout=2)
     try:
         with pytest.raises(botocore.exceptions.ReadTimeoutError):
             send(client)
@@ -295,7 +282,7 @@ def test_stop_with_hung_request_in_flight() -> None:
     fake = FakeSES()
     fake.start()
     fake.queue(Fault.hang())
-    client = make_client(fake, read_timeout=30, connect_timeout=2)
+    client = sesv2_client(fake, read_timeout=30, connect_timeout=2)
     errors: list[BaseException] = []
 
     def call() -> None:
@@ -328,7 +315,7 @@ def test_stop_with_hung_request_in_flight() -> None:
 
 def test_max_rate_throttles() -> None:
     with FakeSES(max_rate=2) as fake:
-        client = make_client(fake)
+        client = sesv2_client(fake)
         try:
             outcomes = []
             for _ in range(10):
@@ -426,7 +413,7 @@ def test_fifty_recipients_allowed_fifty_one_rejected_via_botocore(fake: FakeSES,
 
 def test_record_false_only_counts() -> None:
     with FakeSES(record=False) as fake:
-        client = make_client(fake)
+        client = sesv2_client(fake)
         try:
             assert send(client)["MessageId"]
             fake.queue(Fault.error("SendingPausedException"))
@@ -440,7 +427,7 @@ def test_record_false_only_counts() -> None:
 
 def test_latency_success() -> None:
     with FakeSES(latency=0.05) as slow:
-        client = make_client(slow)
+        client = sesv2_client(slow)
         try:
             assert send(client)["MessageId"] == slow.message_ids[0]
         finally:
@@ -474,7 +461,7 @@ def test_start_on_busy_port_raises() -> None:
 def test_cli_serves_and_reports_counts() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.fake_ses", "--port", "0", "--latency", "0"],
+        [sys.executable, "-m", "testkit.fake_ses", "--port", "0", "--latency", "0"],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -497,3 +484,126 @@ def test_cli_serves_and_reports_counts() -> None:
             proc.communicate()
     assert proc.returncode == 0, err
     assert json.loads(out.strip().splitlines()[-1]) == {"received": 3, "sent": 2}
+
+
+def test_accepted_log_has_one_line_per_accepted_send(tmp_path: Path) -> None:
+    log = tmp_path / "accepted.jsonl"
+    with FakeSES(record=False, accepted_log=log) as fake:
+        client = sesv2_client(fake)
+        try:
+            one = b"Message-ID: <one@test>\r\nSubject: a\r\n\r\nbody\r\n"
+            first = send(client, raw=one)["MessageId"]
+            fake.queue(Fault.error("TooManyRequestsException"))
+            with pytest.raises(botocore.exceptions.ClientError):
+                send(client, raw=b"Message-ID: <refused@test>\r\n\r\nx\r\n")
+            # Read while the fake still runs: the line is there as soon as the 200 is.
+            assert read_accepted_log(log) == [
+                {"ses_message_id": first, "message_id": "<one@test>",
+                 "sha256": hashlib.sha256(one).hexdigest(), "destinations": ["rcpt@example.org"]}
+            ]
+            second = send(client, raw=RAW, to=["a@example.org", "b@example.org"])["MessageId"]
+        finally:
+            client.close()
+    assert read_accepted_log(log)[1] == {
+        "ses_message_id": second, "message_id": None, "sha256": hashlib.sha256(RAW).hexdigest(),
+        "destinations": ["a@example.org", "b@example.org"],
+    }
+
+
+def test_cli_accepted_log(tmp_path: Path) -> None:
+    log = tmp_path / "accepted.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "testkit.fake_ses", "--port", "0", "--accepted-log", str(log)],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stderr.readline()
+        port = int(line.rsplit(":", 1)[1])
+        data = "TWVzc2FnZS1JRDogPGNsaUB0ZXN0Pg0KDQp4DQo="  # "Message-ID: <cli@test>\r\n\r\nx\r\n"
+        body = json.dumps({"Destination": {"ToAddresses": ["a@b.c"]}, "Content": {"Raw": {"Data": data}}})
+        status, _, answer = raw_post(port, body.encode(), headers=AUTH)
+        assert status == 200
+        assert read_accepted_log(log) == [
+            {"ses_message_id": json.loads(answer)["MessageId"], "message_id": "<cli@test>",
+             "sha256": hashlib.sha256(b"Message-ID: <cli@test>\r\n\r\nx\r\n").hexdigest(),
+             "destinations": ["a@b.c"]}
+        ]
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+
+
+# --------------------------------------------------------------------------- account and setup reads
+
+
+def raw_get(port: int, path: str, headers: dict[str, str] | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def test_get_account_reports_the_account(fake: FakeSES, ses) -> None:
+    fake.account["ProductionAccessEnabled"] = False
+    fake.account_max_send_rate = 3.0
+    account = ses.get_account()
+    assert account["ProductionAccessEnabled"] is False
+    assert account["SendingEnabled"] is True
+    assert account["EnforcementStatus"] == "HEALTHY"
+    assert account["SendQuota"] == {"Max24HourSend": 50000.0, "SentLast24Hours": 0.0, "MaxSendRate": 3.0}
+
+
+def test_get_email_identity(fake: FakeSES, ses) -> None:
+    fake.add_identity("Example.com", dkim="PENDING")
+    fake.add_identity("ops@other.example", verified=False)
+    domain = ses.get_email_identity(EmailIdentity="example.com")  # domains match case-insensitively
+    assert domain["IdentityType"] == "DOMAIN"
+    assert domain["VerifiedForSendingStatus"] is True
+    assert domain["DkimAttributes"]["Status"] == "PENDING"
+    address = ses.get_email_identity(EmailIdentity="ops@other.example")  # "@" is percent-encoded
+    assert address["IdentityType"] == "EMAIL_ADDRESS"
+    assert address["VerifiedForSendingStatus"] is False
+    assert address["VerificationStatus"] == "PENDING"
+    with pytest.raises(ses.exceptions.NotFoundException):
+        ses.get_email_identity(EmailIdentity="nobody.example")
+
+
+def test_configuration_set_and_its_event_destinations(fake: FakeSES, ses) -> None:
+    destination = {
+        "Name": "to-sns",
+        "Enabled": True,
+        "MatchingEventTypes": ["BOUNCE", "COMPLAINT"],
+        "SnsDestination": {"TopicArn": "arn:aws:sns:us-east-1:123456789012:ses-feedback"},
+    }
+    fake.add_configuration_set("relay", sending_enabled=False, event_destinations=[destination])
+    found = ses.get_configuration_set(ConfigurationSetName="relay")
+    assert found["ConfigurationSetName"] == "relay"
+    assert found["SendingOptions"] == {"SendingEnabled": False}
+    listed = ses.get_configuration_set_event_destinations(ConfigurationSetName="relay")
+    assert listed["EventDestinations"] == [destination]
+    with pytest.raises(ses.exceptions.NotFoundException):
+        ses.get_configuration_set(ConfigurationSetName="other")
+    with pytest.raises(ses.exceptions.NotFoundException):
+        ses.get_configuration_set_event_destinations(ConfigurationSetName="other")
+
+
+def test_setup_reads_need_auth_and_leave_queued_faults_alone(fake: FakeSES) -> None:
+    fake.add_identity("example.com")
+    fake.queue(Fault.error("InternalFailure"))
+    status, headers, _ = raw_get(fake.port, "/v2/email/identities/example.com")
+    assert status == 403
+    assert headers["x-amzn-ErrorType"].startswith("UnrecognizedClientException:")
+    status, _, body = raw_get(fake.port, "/v2/email/identities/example.com", AUTH)
+    assert status == 200
+    assert json.loads(body)["VerifiedForSendingStatus"] is True
+    status, _, _ = raw_get(fake.port, "/v2/email/configuration-sets/a/b/event-destinations", AUTH)
+    assert status == 404  # not a route: UnknownOperationException
+    assert fake.pending_faults == 1

@@ -21,7 +21,7 @@ from relay.feedback.sqs import parse_sqs_body
 from relay.metrics import RelayMetrics
 from relay.suppression.base import Reason
 from relay.suppression.memory import MemoryStore
-from tests.fakes.sns_signer import TOPIC_ARN, FakeSns
+from testkit.sns_signer import TOPIC_ARN, FakeSns
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "ses"
 

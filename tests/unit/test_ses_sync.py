@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import botocore.config
 import botocore.exceptions
 import pytest
@@ -24,24 +23,14 @@ from relay.suppression.ses_sync import (
     sync_from_ses,
 )
 from relay.suppression.sqlite import SqliteStore
-from tests.fakes.fake_ses import SUPPRESSION_PATH, FakeSES, Fault
+from testkit.boto import sesv2_client
+from testkit.fake_ses import SUPPRESSION_PATH, FakeSES, Fault
 
 BASE_TIME = 1_700_000_000.0
 
 
-def make_client(fake: FakeSES):
-    return boto3.client(
-        "sesv2",
-        region_name="us-east-1",
-        endpoint_url=fake.endpoint_url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"}),
-    )
-
-
 def factory(fake: FakeSES):
-    return lambda: make_client(fake)
+    return lambda: sesv2_client(fake)
 
 
 def populate(fake: FakeSES, n: int) -> dict[str, tuple[str, float]]:
@@ -274,7 +263,7 @@ def test_boto3_never_runs_on_the_event_loop(fast_fake: FakeSES) -> None:
     class Spy:
         def __init__(self) -> None:
             threads.append(threading.get_ident())
-            self._client = make_client(fast_fake)
+            self._client = sesv2_client(fast_fake)
 
         def list_suppressed_destinations(self, **kwargs):
             threads.append(threading.get_ident())
@@ -313,7 +302,7 @@ def test_push_then_list_and_sync(fast_fake: FakeSES) -> None:
     assert stored["pushed+x/y@example.com"].reason is Reason.COMPLAINT
     put = [r for r in fast_fake.requests if r.method == "PUT"]
     assert put[0].body == {"EmailAddress": "pushed+x/y@example.com", "Reason": "COMPLAINT"}
-    client = make_client(fast_fake)
+    client = sesv2_client(fast_fake)
     got = client.get_suppressed_destination(EmailAddress="pushed+x/y@example.com")["SuppressedDestination"]
     assert got["Reason"] == "COMPLAINT" and isinstance(got["LastUpdateTime"], datetime.datetime)
 
@@ -341,7 +330,7 @@ def test_client_factory_for_config(fast_fake: FakeSES) -> None:
 
 
 def test_fake_throttles_suppression_routes_separately(fake: FakeSES) -> None:
-    client = make_client(fake)
+    client = sesv2_client(fake)
     client.list_suppressed_destinations()
     with pytest.raises(botocore.exceptions.ClientError) as excinfo:
         client.list_suppressed_destinations()
@@ -358,7 +347,7 @@ def test_fake_throttles_suppression_routes_separately(fake: FakeSES) -> None:
 
 
 def test_fake_routes_shapes(fast_fake: FakeSES) -> None:
-    client = make_client(fast_fake)
+    client = sesv2_client(fast_fake)
     fast_fake.suppressed.update({"b@example.com": ("BOUNCE", BASE_TIME), "c@example.com": ("COMPLAINT", BASE_TIME + 10)})
     page = client.list_suppressed_destinations(Reasons=["COMPLAINT"])
     assert [s["EmailAddress"] for s in page["SuppressedDestinationSummaries"]] == ["c@example.com"]

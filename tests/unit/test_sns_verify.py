@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from relay.feedback.sns import SnsVerificationError, SnsVerifier, string_to_sign
-from tests.fakes.sns_signer import CERT_URL, REGION, TOPIC_ARN, FakeSns
+from testkit.sns_signer import CERT_URL, REGION, TOPIC_ARN, FakeSns
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ from relay.suppression.base import Reason, StoreError, SuppressionEntry, Suppres
 from relay.suppression.dynamodb import DynamoDbStore
 from relay.suppression.memory import MemoryStore
 from relay.suppression.sqlite import SqliteStore
-from tests.conftest import MotoServer, free_port
+from testkit.moto_server import MotoServer
+from testkit.net import free_port
 
 T = TypeVar("T")
 

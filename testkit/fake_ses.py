@@ -28,7 +28,9 @@ Order of checks for each request (every request is counted in ``received`` and, 
    (does not consume a fault);
 3. the next queued :class:`Fault`, if any, is consumed and applied (``Fault.delay`` then continues);
 4. request validation -> 400 ``BadRequestException``;
-5. ``max_rate`` token bucket -> 429 ``TooManyRequestsException``;
+5. ``max_rate`` token bucket -> 429 ``TooManyRequestsException`` (one token per request, or with
+   ``rate_counts="recipients"`` one per recipient, as SES counts MaxSendRate; a 429 adds 1 to
+   ``throttled``);
 6. success after ``latency`` seconds (or the ``Fault.delay`` seconds instead).
 
 Suppression-list routes (the account-level list, ``fake.suppressed``: address -> (reason, unix time)):
@@ -43,12 +45,30 @@ They go through the same checks as SendEmail (queued faults apply to them too), 
 is a separate token bucket: ``suppression_rate`` requests/second (default 1, as in SES; ``None``
 disables it). ``RecordedRequest.query`` keeps their query parameters.
 
+Account and setup routes (what ``ses-relay doctor`` reads; authenticated, but no faults, no latency):
+
+* ``GET /v2/email/account`` (GetAccount): ``fake.account`` (SendingEnabled, ProductionAccessEnabled,
+  EnforcementStatus, SendQuota) with ``SendQuota.MaxSendRate`` = ``fake.account_max_send_rate``
+  (``None``: 403 AccessDeniedException);
+* ``GET /v2/email/identities/{EmailIdentity}`` (GetEmailIdentity): ``fake.add_identity(name, ...)``;
+* ``GET /v2/email/configuration-sets/{Name}`` (GetConfigurationSet) and
+  ``GET /v2/email/configuration-sets/{Name}/event-destinations``
+  (GetConfigurationSetEventDestinations): ``fake.add_configuration_set(name, ...)``.
+
+An unknown identity or configuration set is 404 ``NotFoundException``, as in SES.
+
 CLI (for the benchmark)::
 
-    python -m tests.fakes.fake_ses --port 8025 --latency 0.05 [--max-rate 200]
+    python -m testkit.fake_ses --port 8025 --latency 0.05 [--max-rate 200 [--rate-counts recipients]]
+        [--account-max-send-rate 200]
 
 serves in the foreground (``record=False``) until SIGTERM/SIGINT and prints one JSON line
-``{"received": n, "sent": n}`` on stdout when it exits.
+``{"received": n, "sent": n, "throttled": n}`` on stdout when it exits. With ``--accepted-log PATH`` (or
+``FakeSES(accepted_log=PATH)``) every accepted SendEmail also appends one JSON line to PATH,
+``{"ses_message_id": ..., "message_id": <the raw message's Message-ID header or null>,
+"sha256": <hex digest of the raw message>, "destinations": [...]}``, flushed before the 200 is
+written: a test reads it while the fake runs (e.g. to check which messages arrived while it killed
+and restarted the relay).
 """
 
 from __future__ import annotations
@@ -59,6 +79,9 @@ import base64
 import binascii
 import collections
 import contextlib
+import email.parser
+import email.policy
+import hashlib
 import json
 import signal
 import socket
@@ -70,7 +93,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 from urllib.parse import unquote
 
 from aiohttp import ClientPayloadError, web
@@ -78,6 +102,8 @@ from aiohttp import ClientPayloadError, web
 SEND_EMAIL_PATH = "/v2/email/outbound-emails"
 SUPPRESSION_PATH = "/v2/email/suppression/addresses"
 ACCOUNT_PATH = "/v2/email/account"  # GetAccount
+IDENTITY_PATH = "/v2/email/identities/"  # + {EmailIdentity}: GetEmailIdentity
+CONFIGURATION_SET_PATH = "/v2/email/configuration-sets/"  # + {Name}[/event-destinations]
 SUPPRESSION_REASONS = ("BOUNCE", "COMPLAINT")
 MAX_SUPPRESSION_PAGE = 1000
 SUPPRESSION_THROTTLED = "Too Many Requests."
@@ -241,6 +267,23 @@ def _parse_json(raw: bytes, rec: RecordedRequest | None) -> tuple[Any, str | Non
     return body, None
 
 
+def _header_message_id(raw: bytes) -> str | None:
+    """The Message-ID header of a raw message (only the header block is parsed), or None."""
+    end = raw.find(b"\r\n\r\n")
+    head = raw if end < 0 else raw[: end + 4]
+    value = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head).get("Message-ID")
+    return None if value is None else str(value).strip()
+
+
+def read_accepted_log(path: str | Path) -> list[dict[str, Any]]:
+    """The lines an ``accepted_log`` holds so far, in order (a line still being written is left out)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.split("\n")[:-1] if line]
+
+
 def _count_destinations(dest: Any) -> int:
     if dest is None:
         return 0
@@ -312,8 +355,18 @@ class FakeSES:
         require_auth: bool = True,
         record: bool = True,
         suppression_rate: float | None = 1.0,
+        accepted_log: str | Path | None = None,
+        rate_counts: str = "messages",
     ) -> None:
         self.latency = latency
+        if rate_counts not in ("messages", "recipients"):
+            raise ValueError("rate_counts must be 'messages' or 'recipients'")
+        #: What one ``max_rate`` token pays for: a SendEmail request, or one of its recipients (SES).
+        self.rate_counts = rate_counts
+        self.throttled = 0  # SendEmail requests answered 429 by the max_rate bucket
+        #: File that gets one JSON line per accepted SendEmail (see the module docstring); None: none.
+        self.accepted_log = None if accepted_log is None else Path(accepted_log)
+        self._accepted_file: IO[str] | None = None
         self.suppression_rate = suppression_rate
         #: The account-level suppression list: address -> (reason, unix time of the last update).
         self.suppressed: dict[str, tuple[str, float]] = {}
@@ -321,6 +374,18 @@ class FakeSES:
         self.max_rate = max_rate
         #: GetAccount's SendQuota.MaxSendRate; None: GetAccount answers 403 AccessDeniedException.
         self.account_max_send_rate: float | None = 14.0
+        #: The rest of GetAccount's answer: a healthy production account unless a test changes it.
+        self.account: dict[str, Any] = {
+            "SendingEnabled": True,
+            "ProductionAccessEnabled": True,
+            "EnforcementStatus": "HEALTHY",
+            "DedicatedIpAutoWarmupEnabled": False,
+            "SendQuota": {"Max24HourSend": 50000.0, "SentLast24Hours": 0.0},
+        }
+        #: GetEmailIdentity answers by lower-cased identity (see add_identity).
+        self.identities: dict[str, dict[str, Any]] = {}
+        #: Configuration sets by name: (GetConfigurationSet answer, event destinations).
+        self.configuration_sets: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
         self.require_auth = require_auth
         self.record = record
         self.sent = 0
@@ -376,6 +441,48 @@ class FakeSES:
         with self._lock:
             self._faults.extend(faults)
 
+    def add_identity(self, name: str, *, verified: bool = True, dkim: str = "SUCCESS") -> None:
+        """An email identity (a domain, or an address with "@"), as GetEmailIdentity returns it. ``dkim``
+        is the domain's DkimAttributes.Status (SUCCESS, PENDING, FAILED, TEMPORARY_FAILURE, NOT_STARTED)."""
+        domain = "@" not in name
+        self.identities[name.lower()] = {
+            "IdentityType": "DOMAIN" if domain else "EMAIL_ADDRESS",
+            "FeedbackForwardingStatus": True,
+            "VerifiedForSendingStatus": verified,
+            "VerificationStatus": "SUCCESS" if verified else "PENDING",
+            "DkimAttributes": {
+                "SigningEnabled": domain and dkim == "SUCCESS",
+                "Status": dkim if domain else "NOT_STARTED",
+                "Tokens": [f"token{i}" for i in range(3)] if domain else [],
+                "SigningAttributesOrigin": "AWS_SES",
+            },
+            "MailFromAttributes": {
+                "MailFromDomain": "",
+                "MailFromDomainStatus": "PENDING",
+                "BehaviorOnMxFailure": "USE_DEFAULT_VALUE",
+            },
+            "Policies": {},
+            "Tags": [],
+        }
+
+    def add_configuration_set(
+        self,
+        name: str,
+        *,
+        sending_enabled: bool = True,
+        event_destinations: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """A configuration set; ``event_destinations`` as SES lists them (Name, Enabled,
+        MatchingEventTypes, SnsDestination: {TopicArn}, ...). Adding a name again replaces it."""
+        answer = {
+            "ConfigurationSetName": name,
+            "SendingOptions": {"SendingEnabled": sending_enabled},
+            "ReputationOptions": {"ReputationMetricsEnabled": False},
+            "DeliveryOptions": {"TlsPolicy": "OPTIONAL"},
+            "Tags": [],
+        }
+        self.configuration_sets[name] = (answer, [dict(d) for d in event_destinations or []])
+
     def start(self, port: int = 0) -> int:
         """Bind 127.0.0.1:``port`` (0 = a free port), serve in a background thread; return the port."""
         if self._thread is not None:
@@ -418,11 +525,16 @@ class FakeSES:
 
     def _thread_main(self, port: int) -> None:
         try:
+            if self.accepted_log is not None:
+                self._accepted_file = open(self.accepted_log, "a", encoding="utf-8")  # closed below
             asyncio.run(self._serve(port))
         except BaseException as exc:  # reported to start() if startup failed
             if not self._ready.is_set():
                 self._startup_error = exc
         finally:
+            if self._accepted_file is not None:
+                self._accepted_file.close()
+                self._accepted_file = None
             self._ready.set()
 
     async def _serve(self, port: int) -> None:
@@ -485,7 +597,9 @@ class FakeSES:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SLOW_READ_BUFFER)
         return fault
 
-    async def _read_slowly(self, request: web.Request, fault: Fault, rec: RecordedRequest | None) -> bytes | None:
+    async def _read_slowly(
+        self, request: web.Request, fault: Fault, rec: RecordedRequest | None
+    ) -> bytes | None:
         """The body, read at ``fault.rate`` bytes/s; None when the request was cut short (by the client,
         by ``fault.reset_after`` or by the fake stopping): it stays recorded as "incomplete"."""
         parts: list[bytes] = []
@@ -512,13 +626,14 @@ class FakeSES:
             rec.outcome = "pending"
         return raw
 
-    def _take_token(self) -> bool:
+    def _take_token(self, cost: float = 1.0) -> bool:
         assert self.max_rate is not None
         now = time.monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._last_refill) * self.max_rate)
         self._last_refill = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        # a cost above the burst can never be met whole: let it through on a full bucket, in debt
+        if self._tokens >= min(cost, self._burst):
+            self._tokens -= cost
             return True
         return False
 
@@ -552,16 +667,14 @@ class FakeSES:
             return answer(code, _error_response(code, message, status))
 
         suppression = self._suppression_route(request)
-        account = request.path == ACCOUNT_PATH and request.method == "GET"
-        if suppression is None and not account and (request.path != SEND_EMAIL_PATH or request.method != "POST"):
+        setup = self._setup_route(request)
+        send = request.path == SEND_EMAIL_PATH and request.method == "POST"
+        if suppression is None and setup is None and not send:
             return error("UnknownOperationException", "")
         if self.require_auth and not request.headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256 "):
             return error("UnrecognizedClientException", DEFAULT_MESSAGES["UnrecognizedClientException"])
-        if account:  # GetAccount: no faults, no latency (it is read once, at the relay's start)
-            if self.account_max_send_rate is None:
-                return error("AccessDeniedException", "not authorized to perform: ses:GetAccount")
-            quota = {"Max24HourSend": 50000.0, "MaxSendRate": self.account_max_send_rate, "SentLast24Hours": 0.0}
-            return answer("ok", web.json_response({"SendQuota": quota, "SendingEnabled": True}))
+        if setup is not None:  # read once at the relay's start, or by doctor: no faults, no latency
+            return self._handle_setup(*setup, answer, error)
         if suppression is not None:
             return await self._handle_suppression(request, suppression, raw, rec, answer, error)
 
@@ -581,7 +694,9 @@ class FakeSES:
 
         if invalid is not None:
             return error("BadRequestException", invalid)
-        if self.max_rate is not None and not self._take_token():
+        cost = _count_destinations(body.get("Destination")) if self.rate_counts == "recipients" else 1
+        if self.max_rate is not None and not self._take_token(cost):
+            self.throttled += 1
             return error("TooManyRequestsException", DEFAULT_MESSAGES["TooManyRequestsException"])
         if wait > 0:
             await asyncio.sleep(wait)
@@ -592,6 +707,8 @@ class FakeSES:
             rec.message_id = message_id
             with self._lock:
                 self._message_ids.append(message_id)
+        if self._accepted_file is not None:
+            self._log_accepted(message_id, body)
         return answer(
             "ok",
             web.Response(
@@ -600,6 +717,74 @@ class FakeSES:
                 headers={"x-amzn-RequestId": str(uuid.uuid4())},
             ),
         )
+
+    def _log_accepted(self, message_id: str, body: dict[str, Any]) -> None:
+        # Written before the 200, so a sender that saw the 200 always finds its line (a small
+        # unsynced append: the file outlives a killed client, not a killed fake).
+        raw = base64.b64decode(body["Content"]["Raw"]["Data"])
+        dest = body.get("Destination") or {}
+        line = {
+            "ses_message_id": message_id,
+            "message_id": _header_message_id(raw),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "destinations": [a for key in ("ToAddresses", "CcAddresses", "BccAddresses")
+                             for a in (dest.get(key) or [])],
+        }
+        assert self._accepted_file is not None
+        with self._lock:
+            self._accepted_file.write(json.dumps(line) + "\n")
+            self._accepted_file.flush()
+
+    # ------------------------------------------------------------------ account and setup reads
+
+    @staticmethod
+    def _setup_route(request: web.Request) -> tuple[str, str] | None:
+        """(operation, name) for GetAccount, GetEmailIdentity and the configuration-set reads."""
+        if request.method != "GET":
+            return None
+        raw_path = request.rel_url.raw_path
+        if raw_path == ACCOUNT_PATH:
+            return "account", ""
+        for prefix, suffix, op in (
+            (IDENTITY_PATH, "", "identity"),
+            (CONFIGURATION_SET_PATH, "/event-destinations", "event_destinations"),
+            (CONFIGURATION_SET_PATH, "", "configuration_set"),
+        ):
+            if raw_path.startswith(prefix) and raw_path.endswith(suffix):
+                name = raw_path[len(prefix) : len(raw_path) - len(suffix)]
+                if name and "/" not in name:
+                    return op, unquote(name)
+        return None
+
+    def _handle_setup(
+        self,
+        op: str,
+        name: str,
+        answer: Callable[[str, web.StreamResponse], web.StreamResponse],
+        error: Callable[..., web.StreamResponse],
+    ) -> web.StreamResponse:
+        def ok(payload: dict[str, Any]) -> web.StreamResponse:
+            return answer("ok", web.json_response(payload, headers={"x-amzn-RequestId": str(uuid.uuid4())}))
+
+        with self._lock:
+            if op == "account":
+                if self.account_max_send_rate is None:
+                    return error("AccessDeniedException", "not authorized to perform: ses:GetAccount")
+                account = json.loads(json.dumps(self.account))  # a copy a test cannot change mid-answer
+                quota = {**account.get("SendQuota", {}), "MaxSendRate": self.account_max_send_rate}
+                account["SendQuota"] = quota
+                return ok(account)
+            if op == "identity":
+                identity = self.identities.get(name.lower())
+                if identity is None:
+                    return error("NotFoundException", f"Email identity {name} does not exist.")
+                return ok(json.loads(json.dumps(identity)))
+            found = self.configuration_sets.get(name)
+            if found is None:
+                return error("NotFoundException", f"Configuration set <{name}> does not exist.")
+            if op == "configuration_set":
+                return ok(json.loads(json.dumps(found[0])))
+            return ok({"EventDestinations": json.loads(json.dumps(found[1]))})
 
     # ------------------------------------------------------------------ suppression list
 
@@ -798,14 +983,26 @@ class FakeSES:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.fakes.fake_ses", description=__doc__.splitlines()[0]
+        prog="python -m testkit.fake_ses", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free port)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each successful answer")
     parser.add_argument("--max-rate", type=float, default=None, help="sends/second before 429 throttling")
+    parser.add_argument(
+        "--rate-counts", choices=("messages", "recipients"), default="messages",
+        help="what --max-rate counts: SendEmail requests (default) or their recipients, as SES does",
+    )
+    parser.add_argument(
+        "--account-max-send-rate", type=float, default=None,
+        help="GetAccount's SendQuota.MaxSendRate (what max_send_rate: auto reads; default 14)",
+    )
     parser.add_argument("--no-auth", action="store_true", help="do not require a SigV4 Authorization header")
     parser.add_argument(
         "--suppression-rate", type=float, default=1.0, help="suppression-list requests/second before 429"
+    )
+    parser.add_argument(
+        "--accepted-log", type=Path, default=None,
+        help="append one JSON line per accepted SendEmail (SES id, Message-ID, sha256, destinations)",
     )
     args = parser.parse_args(argv)
 
@@ -822,7 +1019,11 @@ def main(argv: list[str] | None = None) -> int:
         require_auth=not args.no_auth,
         record=False,
         suppression_rate=args.suppression_rate if args.suppression_rate > 0 else None,
+        accepted_log=args.accepted_log,
+        rate_counts=args.rate_counts,
     )
+    if args.account_max_send_rate is not None:
+        fake.account_max_send_rate = args.account_max_send_rate
     port = fake.start(args.port)
     print(f"fake_ses listening on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
     try:
@@ -830,7 +1031,8 @@ def main(argv: list[str] | None = None) -> int:
             pass
     finally:
         fake.stop()
-        print(json.dumps({"received": fake.received, "sent": fake.sent}), flush=True)
+        counts = {"received": fake.received, "sent": fake.sent, "throttled": fake.throttled}
+        print(json.dumps(counts), flush=True)
     return 0
 
 

@@ -54,7 +54,8 @@ class FakeSns:
             return b"<ConfirmSubscriptionResponse/>"
         raise OSError(f"404 for {url}")
 
-    def sign(self, message: dict[str, Any], *, version: str = "1", key: rsa.RSAPrivateKey | None = None) -> dict[str, Any]:
+    def sign(self, message: dict[str, Any], *, version: str = "1",
+             key: rsa.RSAPrivateKey | None = None) -> dict[str, Any]:
         keys = _NOTIFICATION_KEYS if message["Type"] == "Notification" else _CONFIRMATION_KEYS
         text = "".join(f"{k}\n{message[k]}\n" for k in keys if k in message)
         digest = hashes.SHA1() if version == "1" else hashes.SHA256()
@@ -62,8 +63,9 @@ class FakeSns:
         return {**message, "SignatureVersion": version, "Signature": base64.b64encode(signature).decode(),
                 "SigningCertURL": message.get("SigningCertURL", CERT_URL)}
 
-    def notification(self, ses_event: dict[str, Any] | str, *, topic_arn: str = TOPIC_ARN, version: str = "1",
-                     timestamp: datetime.datetime | None = None, subject: str | None = None) -> dict[str, Any]:
+    def notification(self, ses_event: dict[str, Any] | str, *, topic_arn: str = TOPIC_ARN,
+                     version: str = "1", timestamp: datetime.datetime | None = None,
+                     subject: str | None = None) -> dict[str, Any]:
         when = timestamp or datetime.datetime.now(datetime.UTC)
         message = {
             "Type": "Notification",
@@ -77,7 +79,8 @@ class FakeSns:
             message["Subject"] = subject
         return self.sign(message, version=version)
 
-    def subscription_confirmation(self, *, topic_arn: str = TOPIC_ARN, subscribe_url: str | None = None) -> dict[str, Any]:
+    def subscription_confirmation(self, *, topic_arn: str = TOPIC_ARN,
+                                  subscribe_url: str | None = None) -> dict[str, Any]:
         token = uuid.uuid4().hex
         when = datetime.datetime.now(datetime.UTC)
         message = {

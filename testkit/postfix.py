@@ -3,7 +3,7 @@
 Shared by the client tests (tests/integration/test_real_clients.py: a Postfix whose relayhost is the
 relay) and the benchmark (bench/postfix.py: a Postfix that queues every message and never delivers),
 which pass only their own main.cf settings. Standard library only, no pytest: the benchmark imports
-it, as it runs tests/fakes/fake_ses.py.
+it, as it runs testkit/fake_ses.py.
 
 The system instance is neither used nor touched: every command gets `-c` with the private config
 directory, and main.cf points the queue, data directory and log below the root. Starting needs root
