@@ -1,0 +1,1 @@
+"""The durable spool and its delivery workers (delivery.mode: spool | fallback)."""

@@ -1,0 +1,338 @@
+"""Delivery workers: take due messages from the spool and hand them to SES, chunk by chunk.
+
+Postfix's qmgr + smtp in one small loop. The spool record is the contract: the receiving side only
+writes it, this side only reads and updates it, and the queue CLI edits the same rows (a change is
+seen at the next poll, within POLL_SECONDS).
+
+Per message: suppression is checked again (a bounce may have arrived while it waited), then each
+chunk not yet accepted is sent; a chunk SES accepted is recorded before the next is sent, so it is
+never sent again. Outcomes (relay.ses.errors decides which is which):
+
+- accepted: chunk done; all done -> the message leaves the spool;
+- temporary (4xx): deferred with exponential backoff (delivery.retry_*), until delivery.max_lifetime,
+  then a dead letter; "outcome unknown" is retried too and marked as a possible duplicate (SES has no
+  idempotency token);
+- sending paused: the whole queue waits (PAUSE_SECONDS) without burning attempts;
+- permanent (5xx): a dead letter with SES's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from relay.backoff import Backoff
+from relay.metrics import RelayMetrics
+from relay.sending import ListManagement, OutgoingMessage, PermanentSendError, Sender, TransientSendError
+from relay.ses.errors import DAILY_QUOTA_CODE, OUTCOME_UNKNOWN_CODE, PAUSED_CODES
+from relay.spool.dsn import build_dsn, header_block, is_report
+from relay.spool.store import SpoolEntry, SpoolError, SqliteSpool
+from relay.suppression.base import StoreError, SuppressionStore
+from relay.transaction import new_queue_id
+
+log = logging.getLogger("relay.delivery")
+attempt_log = logging.getLogger("relay.delivery.attempt")
+
+POLL_SECONDS = 1.0  # the longest a due message (or a queue CLI change) waits to be noticed
+PAUSE_SECONDS = 300.0  # after "sending paused": SES needs an operator, not a retry storm
+DELIVERY_RESULTS = ("sent", "deferred", "dead", "expired", "paused", "quota", "error")
+QUOTA_HOLD_SECONDS = 600.0  # after the 24-hour quota ran out: it frees up as the day rolls on
+
+
+# (queue_id, result, chunk index or None, SES message id or None, error code or None); on the loop.
+AttemptCallback = Callable[[str, str, int | None, str | None, str | None], None]
+
+
+def outgoing_params(message: OutgoingMessage) -> dict[str, Any]:
+    """What the spool keeps of an OutgoingMessage besides the bytes and the envelope."""
+    lm = message.list_management
+    return {
+        "configuration_set": message.configuration_set,
+        "tags": message.tags,
+        "from_identity_arn": message.from_identity_arn,
+        "feedback_identity_arn": message.feedback_identity_arn,
+        "list_management": None if lm is None else {"contact_list": lm.contact_list, "topic": lm.topic},
+    }
+
+
+def _outgoing(entry: SpoolEntry, raw: Any, recipients: list[str]) -> OutgoingMessage:
+    params = entry.params
+    lm = params.get("list_management")
+    return OutgoingMessage(
+        raw=raw,
+        recipients=recipients,
+        mail_from=entry.mail_from,
+        configuration_set=params.get("configuration_set"),
+        tags=params.get("tags") or {},
+        from_identity_arn=params.get("from_identity_arn"),
+        feedback_identity_arn=params.get("feedback_identity_arn"),
+        list_management=None if lm is None else ListManagement(lm["contact_list"], lm.get("topic")),
+        queue_id=entry.id,
+    )
+
+
+class DeliveryEngine:
+    def __init__(
+        self,
+        spool: SqliteSpool,
+        sender: Sender,
+        store: SuppressionStore,
+        metrics: RelayMetrics,
+        *,
+        concurrency: int,
+        retry: Backoff,
+        max_lifetime: float,
+        bounce_from: str | None = None,
+        reporting_host: str = "localhost",
+        clock=time.time,
+        on_attempt: AttemptCallback | None = None,
+    ) -> None:
+        """`bounce_from`: the verified identity DSNs are sent from (None: no DSNs, dead letters only).
+        `on_attempt(queue_id, result, chunk, ses_message_id, error)`: told of every attempt (the trace)."""
+        self._on_attempt = on_attempt
+        self._spool = spool
+        self._sender = sender
+        self._store = store
+        self._metrics = metrics
+        self._concurrency = concurrency
+        self._retry = retry
+        self._max_lifetime = max_lifetime
+        self._clock = clock
+        # Every result exists from the start at 0, so increase() in alert rules sees the first one.
+        for result in DELIVERY_RESULTS:
+            metrics.deliveries.labels(result)
+        self._bounce_from = bounce_from
+        self._reporting_host = reporting_host
+        self._in_flight: dict[str, asyncio.Task] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._paused_until = 0.0
+        self._stopping = False
+
+    def wake(self) -> None:
+        """A message was just spooled: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="delivery")
+
+    async def stop(self, deadline: float) -> None:
+        """Take nothing new; let sends in flight finish until `deadline` (loop time); leave the rest
+        queued (a send cut off there is retried after the restart and may then be a duplicate)."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        pending = list(self._in_flight.values())
+        if pending:
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+            _, still = await asyncio.wait(pending, timeout=timeout)
+            for task in still:
+                task.cancel()
+            if still:
+                log.warning(
+                    "%d delivery attempt(s) cut off at shutdown; they stay queued and may be sent twice",
+                    len(still),
+                    extra={"fields": {"event": "deliveries_abandoned", "count": len(still)}},
+                )
+                await asyncio.wait(still, timeout=1.0)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._dispatch()
+            except (SpoolError, OSError) as exc:
+                log.error("spool unreadable: %s", exc)
+            except Exception:  # noqa: BLE001 - the loop must survive a bug in one round
+                log.exception("delivery loop error")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self._wake.wait()
+
+    async def _dispatch(self) -> None:
+        if self._clock() < self._paused_until:
+            return
+        free = self._concurrency - len(self._in_flight)
+        if free <= 0:
+            return
+        for entry in await self._spool.due(limit=free, exclude=set(self._in_flight)):
+            task = asyncio.create_task(self._deliver(entry), name=f"deliver-{entry.id}")
+            self._in_flight[entry.id] = task
+            task.add_done_callback(functools.partial(self._done, entry.id))
+
+    def _done(self, queue_id: str, task: asyncio.Task) -> None:
+        self._in_flight.pop(queue_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery of %s failed unexpectedly", queue_id, exc_info=task.exception())
+        if not self._stopping:
+            self._wake.set()  # a slot is free
+
+    async def _deliver(self, entry: SpoolEntry) -> None:
+        try:
+            await self._attempt(entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug or a broken body must not be retried every poll
+            log.exception("delivery of %s failed", entry.id)
+            with contextlib.suppress(Exception):
+                await self._spool.defer(
+                    entry.id,
+                    delay=self._retry.delay(entry.attempts + 1),
+                    error=f"internal error: {exc.__class__.__name__}: {exc}",
+                    possible_duplicate=False,
+                )
+            self._count("error", entry, error=exc.__class__.__name__)
+
+    async def _attempt(self, entry: SpoolEntry) -> None:
+        now = self._clock()
+        if now - entry.created > self._max_lifetime:
+            reason = f"expired in the queue: {entry.last_error or 'not delivered'}"
+            await self._spool.kill(entry.id, reason=reason, outcome="expired")
+            self._count("expired", entry)
+            await self._bounce(entry, reason, None)
+            return
+        raw = await self._spool.body(entry.id)
+        try:
+            # A chunk accepted before (maybe before a crash) is never sent again.
+            pending = [chunk for chunk in entry.chunks if chunk.ses_message_id is None]
+            for number, chunk in enumerate(pending, 1):
+                recipients = await self._not_suppressed(entry, chunk.recipients)
+                if recipients is None:
+                    return  # store unreadable: postponed
+                if recipients:
+                    try:
+                        accepted = await self._sender.send(_outgoing(entry, raw, recipients))
+                    except TransientSendError as exc:
+                        await self._transient(entry, exc)
+                        return
+                    except PermanentSendError as exc:
+                        await self._spool.kill(entry.id, reason=exc.reply)
+                        self._count("dead", entry, chunk=chunk.index, error=exc.code, detail=exc.detail)
+                        await self._bounce(entry, exc.reply, raw)
+                        return
+                    chunk.ses_message_id = accepted.ses_message_id or "unknown"
+                    self._count("sent", entry, chunk=chunk.index, ses_message_id=chunk.ses_message_id)
+                else:
+                    chunk.ses_message_id = "suppressed"
+                if number < len(pending):
+                    # Durable before the next chunk goes: a crash from here on never resends this one.
+                    # After the last chunk the message leaves the spool instead: one commit, not two.
+                    await self._spool.chunk_sent(entry.id, chunk.index, chunk.ses_message_id)
+            await self._spool.finish(entry.id)
+        finally:
+            close = getattr(raw, "close", None)
+            if close is not None:
+                close()
+
+    async def _bounce(self, entry: SpoolEntry, reason: str, raw: Any) -> None:
+        """Queue a DSN to the envelope sender for the recipients not delivered (see relay.spool.dsn)."""
+        sender = entry.mail_from.strip("<>")
+        if self._bounce_from is None or not sender:
+            return  # no DSNs configured, or the null sender: never a DSN about a DSN
+        try:
+            if raw is None:
+                raw = await self._spool.body(entry.id)
+            headers = header_block(raw)
+            if is_report(headers):
+                return
+            if await self._store.get(sender) is not None:
+                log.info("no DSN for %s: the sender is on the suppression list", entry.id)
+                return
+            failed = [a for chunk in entry.chunks if chunk.ses_message_id is None for a in chunk.recipients]
+            dsn = build_dsn(
+                reporting_host=self._reporting_host,
+                bounce_from=self._bounce_from,
+                to=sender,
+                queue_id=entry.id,
+                recipients=failed or entry.recipients,
+                reason=reason,
+                arrival=entry.created,
+                original_headers=headers,
+            )
+            await self._spool.put(
+                new_queue_id(), dsn, mail_from="<>", recipients=[sender], params={}, message_id=None
+            )
+        except (SpoolError, StoreError, OSError) as exc:
+            log.error("could not queue the DSN for %s: %s", entry.id, exc)
+            return
+        finally:
+            if raw is not None and hasattr(raw, "close"):
+                raw.close()
+        self._metrics.dsns_queued.inc()
+        self.wake()
+
+    async def _not_suppressed(self, entry: SpoolEntry, recipients: list[str]) -> list[str] | None:
+        kept = []
+        for address in recipients:
+            try:
+                suppressed = await self._store.get(address)
+            except StoreError as exc:
+                await self._spool.postpone(entry.id, delay=60.0, reason=f"suppression list unreadable: {exc}")
+                return None
+            if suppressed is None:
+                kept.append(address)
+            else:
+                self._metrics.suppression_hits.labels(suppressed.reason.value, "drop_queued").inc()
+                await self._spool.record(entry.id, "suppressed", f"{address}: {suppressed.reason.value}")
+        return kept
+
+    async def _transient(self, entry: SpoolEntry, exc: TransientSendError) -> None:
+        if exc.code in PAUSED_CODES:
+            # Hold the whole queue rather than burn every message's attempts.
+            self._paused_until = self._clock() + PAUSE_SECONDS
+            await self._spool.postpone(entry.id, delay=PAUSE_SECONDS, reason=exc.reply)
+            self._count("paused", entry, error=exc.code)
+            return
+        if exc.code == DAILY_QUOTA_CODE:
+            # The 24-hour quota is used up: every message would fail the same way, so the queue
+            # holds instead of collecting throttling errors and spending attempts.
+            self._paused_until = self._clock() + QUOTA_HOLD_SECONDS
+            await self._spool.postpone(entry.id, delay=QUOTA_HOLD_SECONDS, reason=exc.reply)
+            self._count("quota", entry, error=exc.code)
+            return
+        unknown = exc.code == OUTCOME_UNKNOWN_CODE
+        delay = self._retry.delay(entry.attempts + 1)
+        await self._spool.defer(entry.id, delay=delay, error=exc.reply, possible_duplicate=unknown)
+        self._count(
+            "deferred",
+            entry,
+            error=exc.code,
+            detail=exc.detail,
+            retry_in=round(delay, 1),
+            possible_duplicate=unknown,
+        )
+
+    def _count(self, result: str, entry: SpoolEntry, **fields: Any) -> None:
+        self._metrics.deliveries.labels(result).inc()
+        if self._on_attempt is not None:
+            try:
+                self._on_attempt(
+                    entry.id, result, fields.get("chunk"), fields.get("ses_message_id"), fields.get("error")
+                )
+            except Exception:  # noqa: BLE001 - the trace must never change a delivery
+                log.exception("delivery attempt callback failed")
+        if fields.get("possible_duplicate"):
+            self._metrics.possible_duplicates.inc()
+        attempt_log.info(
+            "delivery attempt",
+            extra={
+                "fields": {
+                    "event": "delivery",
+                    "queue_id": entry.id,
+                    "result": result,
+                    "attempts": entry.attempts + 1,
+                    **fields,
+                }
+            },
+        )
