@@ -1,7 +1,7 @@
 """Baseline: a private Postfix instance that accepts mail into its own queue and never delivers it.
 
 The instance itself (`postfix -c CONFDIR start-fg`, smtpd on 127.0.0.1:PORT only, queue, data and log in
-a directory of its own, every chroot off) is tests/clients/postfix.py, shared with the client tests, as
+a directory of its own, every chroot off) is testkit/postfix.py, shared with the client tests, as
 the fake SES is. Here only the main.cf settings: relayhost a closed port and `defer_transports = smtp`,
 so accepted mail stays in the private queue (deferred). This is the "accept, write to a durable queue,
 answer 250" cost of a real MTA, as a reference point.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.clients.postfix import PostfixInstance
+from testkit.postfix import PostfixInstance
 
 
 def settings(closed_port: int) -> dict[str, str]:

@@ -10,14 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+from testkit.net import free_port
+
+__all__ = ["free_port"]  # the benchmark calls procs.free_port; one copy lives in testkit.net
+
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:

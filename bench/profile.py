@@ -33,7 +33,7 @@ BUCKETS = [  # (bucket, regex on "function (file)" frames); first match from the
     ("sqlite lookup (worker thread + hop)", r"relay/suppression/sqlite\.py|concurrent/futures|threading\.py"),
     ("message.prepare (header scan)", r"relay/message\.py"),
     ("request body (json + base64)", r"json/|base64\.py|build_request_body"),
-    ("address checks", r"relay/smtp/addresses\.py"),
+    ("address checks", r"relay/addresses\.py"),
     ("relay handler / server glue", r"relay/smtp/(handler|server)\.py|relay/ses/client\.py"),
     ("aiosmtpd protocol", r"aiosmtpd/"),
     ("asyncio event loop / transports", r"asyncio/|uvloop"),

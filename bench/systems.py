@@ -14,9 +14,10 @@ import yaml
 
 from bench import procs
 from bench.postfix import PrivatePostfix
-from tests.clients.postfix import wait_for_greeting
+from testkit.postfix import wait_for_greeting
 
 SUPPRESSED = 10_000  # rows pre-filled in each relay's suppression table
+MAX_CONNECTIONS = 100  # smtp.max_connections of every bench relay: the relay's default
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -34,8 +35,11 @@ def relay_env(source: Path | None = None, **extra: str) -> dict[str, str]:
 
 
 class FakeSes:
-    def __init__(self, workdir: Path, latency: float) -> None:
+    def __init__(self, workdir: Path, latency: float, args: list[str] | None = None) -> None:
+        """`args`: more `python -m testkit.fake_ses` options, e.g. --max-rate 100 --rate-counts
+        recipients, or --accepted-log PATH (one JSON line per accepted SendEmail: what SES received)."""
         self.latency = latency
+        self.args = list(args or [])
         self.port = procs.free_port()
         self.log = workdir / f"fake-ses-{self.port}.log"
         self.proc: subprocess.Popen | None = None
@@ -43,7 +47,15 @@ class FakeSes:
 
     def start(self) -> None:
         self.proc = procs.spawn_python(
-            ["-m", "tests.fakes.fake_ses", "--port", str(self.port), "--latency", str(self.latency)],
+            [
+                "-m",
+                "testkit.fake_ses",
+                "--port",
+                str(self.port),
+                "--latency",
+                str(self.latency),
+                *self.args,
+            ],
             log=self.log,
             stdout=subprocess.PIPE,
         )
@@ -119,16 +131,27 @@ class RelaySystem(System):
         source: Path | None = None,
         env: dict[str, str] | None = None,
         suppression_cache: bool = True,
+        mode: str = "direct",
+        ses: dict | None = None,
+        delivery: dict | None = None,
+        fake_args: list[str] | None = None,
     ) -> None:
         """`source`: another checkout of the relay to run (e.g. a patched copy), `env`: extra variables,
         `suppression_cache`: False sets suppression.cache_entries to 0 (every RCPT reads sqlite, as
-        every recipient would if each message went to a new address)."""
+        every recipient would if each message went to a new address). `mode`: delivery.mode; `ses`,
+        `delivery`: more keys for those sections; `fake_args`: options for its fake SES. A relay in
+        `spool` or `fallback` mode runs under bench.spool_probe, so `spool_stats()` can read its
+        group-commit counters."""
         self.name = name
         self.source = source
         self.extra_env = env or {}
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.fake = FakeSes(self.dir, latency)
+        self.fake = FakeSes(self.dir, latency, fake_args)
+        self.mode = mode
+        self.ses_extra = ses or {}
+        self.delivery_extra = delivery or {}
+        self.stats_path = self.dir / "spool-stats.json"
         self.port = procs.free_port()
         self.http_port = procs.free_port()
         self.log_level = log_level
@@ -136,15 +159,23 @@ class RelaySystem(System):
         self.suppression_cache = suppression_cache
         self.proc: subprocess.Popen | None = None
         self.stderr_log = self.dir / "relay.log"
+        self.config_path = self.dir / "config.yaml"
 
     def write_config(self) -> Path:
         config = {
             "smtp": {
                 "listen": [f"127.0.0.1:{self.port}"],
                 "hostname": "relay.bench.local",
-                "max_connections": 100,
+                "max_connections": MAX_CONNECTIONS,
             },
-            "ses": {"region": "us-east-1", "endpoint_url": self.fake.url, "max_send_rate": None},
+            "ses": {
+                "region": "us-east-1",
+                "endpoint_url": self.fake.url,
+                "max_send_rate": None,
+                **self.ses_extra,
+            },
+            # direct unless a row asks for spool or fallback (the relay's default)
+            "delivery": {"mode": self.mode, **self.delivery_extra},
             "suppression": {"backend": "sqlite", **({} if self.suppression_cache else {"cache_entries": 0})},
             "http": {"listen": f"127.0.0.1:{self.http_port}"},
             "logging": {"level": self.log_level, "format": "json"},
@@ -153,9 +184,8 @@ class RelaySystem(System):
             # whenever it is installed).
             "event_loop": "uvloop" if self.uvloop else "asyncio",
         }
-        path = self.dir / "config.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        return path
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return self.config_path
 
     def start(self) -> None:
         self.fake.start()
@@ -163,8 +193,11 @@ class RelaySystem(System):
         db = self.dir / "state" / "suppression.db"
         if not db.exists():
             prefill_suppression(db)
+        entry = ["-m", "relay"]
+        if self.mode != "direct":
+            entry = ["-m", "bench.spool_probe", str(self.stats_path)]
         self.proc = procs.spawn_python(
-            ["-m", "relay", "serve", "--config", str(config)],
+            [*entry, "serve", "--config", str(config)],
             env=relay_env(self.source, **self.extra_env),
             cwd=self.source,
             log=self.stderr_log,
@@ -184,16 +217,24 @@ class RelaySystem(System):
     def hwm_kb(self) -> int:
         return procs.status_kb(self.proc.pid, "VmHWM")
 
-    def metric(self, name: str, labels: str = "") -> float:
+    def metric(self, name: str, labels: str = "", default: float | None = 0.0) -> float | None:
+        """One sample from the relay's /metrics; `default` when the relay does not export it."""
         text = (
             urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10).read().decode()
         )
         pattern = re.compile(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+]+)$", re.M)
         m = pattern.search(text)
-        return float(m.group(1)) if m else 0.0
+        return float(m.group(1)) if m else default
 
     def accepted(self) -> int | None:
         return int(self.metric("ses_relay_smtp_transactions_total", '{result="2xx"}'))
+
+    def spool_stats(self) -> dict | None:
+        """{"commits": group commits, "committed": messages in them} so far (spool/fallback modes)."""
+        try:
+            return json.loads(self.stats_path.read_text())
+        except (OSError, ValueError):
+            return None
 
     def stop(self) -> None:
         procs.stop(self.proc, timeout=40)

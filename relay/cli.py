@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             factory = runner.loop_factory(config.event_loop)
         except ImportError:
             return _fail("event_loop: uvloop, but uvloop is not installed (pip install 'ses-relay[uvloop]')")
-        runner.run(Relay(config).run(), factory)
+        runner.run(Relay(config).run(reload_config=lambda: _load(args, overrides)), factory)
     except StartupError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
@@ -265,6 +265,46 @@ def cmd_suppression(args: argparse.Namespace) -> int:
         return _fail(f"{getattr(exc, 'filename', None) or ''}: {exc.strerror or exc}".lstrip(": "))
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """A bcrypt hash for smtp.auth.users_file. The password comes from a prompt (typed twice) or the
+    first line of stdin, never from argv, where `ps` and the shell history would show it."""
+    import getpass
+
+    from relay.smtp.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            return _fail("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        return _fail("empty password")
+    hashed = hash_password(password.encode("utf-8"), rounds=args.rounds)
+    print(f"{args.user}:{hashed}" if args.user else hashed)
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from relay.doctor import doctor
+
+    return doctor(args.config, args.sender or [], as_json=args.json)
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from relay.spool import admin
+
+    return admin.run(args, _load(args).spool_path)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from relay.trace.cli import run
+
+    config = _load(args)
+    return run(args, enabled=config.trace.enabled, path=config.trace_path,
+               state_dir=config.resolved_state_dir, hashed=config.trace.hash_recipients)
+
+
 def _create_table(config: Config) -> int:
     from relay.app import build_store
     from relay.suppression.dynamodb import DynamoDbStore
@@ -317,6 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--subject", default="ses-relay test message")
     test.add_argument("--timeout", type=float, default=60.0)
     test.set_defaults(func=cmd_send_test)
+
+    doc = with_config(
+        commands.add_parser("doctor", help="check the SES account, identities and feedback wiring")
+    )
+    doc.add_argument(
+        "--sender", action="append", metavar="ADDRESS", help="a From: address to check in SES (repeatable)"
+    )
+    doc.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doc.set_defaults(func=cmd_doctor)
+
+    hpw = commands.add_parser(
+        "hash-password", help="print a bcrypt hash for smtp.auth.users_file (password from stdin or a prompt)"
+    )
+    hpw.add_argument("user", nargs="?", help="print a whole users-file line, USER:HASH")
+    hpw.add_argument("--rounds", type=int, default=12, choices=range(4, 18), metavar="4-17",
+                     help="bcrypt cost (default 12)")
+    hpw.set_defaults(func=cmd_hash_password)
 
     suppression = commands.add_parser("suppression", help="inspect or edit the local suppression list")
     actions = suppression.add_subparsers(dest="suppression_command", required=True, metavar="ACTION")
@@ -384,6 +441,20 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--reason", choices=["BOUNCE", "COMPLAINT"], required=True)
     with_config(actions.add_parser("create-table", help="create the DynamoDB suppression table if missing"))
     suppression.set_defaults(func=cmd_suppression)
+
+    from relay.spool.admin import add_arguments as add_queue_arguments
+
+    queue = commands.add_parser("queue", help="inspect and repair the delivery spool (postqueue, postsuper)")
+    add_queue_arguments(queue, with_config)
+    queue.set_defaults(func=cmd_queue)
+
+    from relay.trace.cli import add_arguments as add_trace_arguments
+
+    trace = commands.add_parser(
+        "trace", help="what happened to a message: its timeline, from SMTP to SES's verdict"
+    )
+    add_trace_arguments(trace, with_config)
+    trace.set_defaults(func=cmd_trace)
     return parser
 
 

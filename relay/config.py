@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from relay.addresses import AddressError, check_address
+
 DEFAULT_CONFIG_PATH = Path("/etc/ses-relay/config.yaml")
 ENV_PREFIX = "SES_RELAY_"
 SES_MAX_MESSAGE_SIZE = 40 * 1024 * 1024  # SESv2 SendEmail limit for raw messages
@@ -45,15 +47,41 @@ def parse_host_port(value: str) -> tuple[str, int]:
     return host, port
 
 
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
 class TlsConfig(_Section):
-    cert: Path | None = None
-    key: Path | None = None
-    implicit_listen: list[str] = []
-    require_for_auth: bool = True
+    cert: Path | None = None  # PEM certificate (chain); reloaded on SIGHUP and when it changes
+    key: Path | None = None  # PEM private key
+    implicit_listen: list[str] = []  # host:port list with TLS from the first byte (port 465 style)
+    require_for_auth: bool = True  # false only when every smtp.listen address is loopback
+
+    @field_validator("implicit_listen")
+    @classmethod
+    def _implicit(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_host_port(item)
+        return value
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: set both or neither")
+        if self.implicit_listen and self.cert is None:
+            raise ValueError("implicit_listen needs cert and key")
+        return self
 
 
 class AuthConfig(_Section):
+    # true: a client outside smtp.allowed_networks may connect, and must AUTH before MAIL (530 5.7.0)
     required: bool = False
+    # one `user:bcrypt-hash[:sender-pattern,...]` a line (htpasswd -B format; see README "Security")
     users_file: Path | None = None
 
 
@@ -64,12 +92,25 @@ class SmtpConfig(_Section):
     max_recipients: int = Field(SES_MAX_RECIPIENTS, gt=0)
     allowed_networks: list[str] = ["127.0.0.0/8", "::1/128"]
     max_connections: int = Field(100, gt=0)
+    # Per client address, for clients outside allowed_networks (Postfix's connection count limit,
+    # whose exceptions default to mynetworks); past it 421 4.7.0 at connect.
+    max_connections_per_client: int = Field(50, gt=0)
+    max_transactions_per_connection: int = Field(1000, gt=0)  # then 421 4.7.0 at MAIL, and close
     idle_timeout: float = Field(300.0, gt=0)  # seconds without a command before the server hangs up
+    # Seconds from the 354 to the final dot (and idle_timeout without a line during it): 421 4.4.2.
+    data_timeout: float = Field(600.0, gt=0)
+    max_header_count: int = Field(1000, gt=0)  # header fields per message; more: 554 5.6.0
+    max_header_bytes: int = Field(1024 * 1024, gt=0)  # bytes of the header section; more: 554 5.6.0
+    # Listeners whose connections start with a PROXY protocol v1/v2 header, accepted only from
+    # trusted_proxies (CIDR); allow-list, limits, AUTH throttling and logs then see the real client.
+    proxy_listen: list[str] = []
+    trusted_proxies: list[str] = []
+    proxy_timeout: float = Field(10.0, ge=3)  # seconds to wait for the PROXY header
     command_call_limit: int = Field(1000, gt=0)  # per command per session, against command floods
     shutdown_grace: float = Field(30.0, ge=0)  # seconds to let in-flight transactions finish on stop
     # Bytes of message data held in memory at once, all transactions together (DATA being read,
     # messages waiting for SES). Past it DATA is answered 452 4.3.1 and the client retries. Must be
-    # at least twice max_message_size: removing a Bcc header briefly needs a second copy.
+    # at least 2.125 x max_message_size: removing a Bcc header briefly needs a second copy.
     memory_budget: int = Field(256 * 1024 * 1024, gt=0)
     tls: TlsConfig = TlsConfig()
     auth: AuthConfig = AuthConfig()
@@ -83,7 +124,14 @@ class SmtpConfig(_Section):
             parse_host_port(item)
         return value
 
-    @field_validator("allowed_networks")
+    @field_validator("proxy_listen")
+    @classmethod
+    def _proxy_listen(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_host_port(item)
+        return value
+
+    @field_validator("allowed_networks", "trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for item in value:
@@ -137,8 +185,26 @@ class SesConfig(_Section):
 
 
 class DeliveryConfig(_Section):
-    mode: Literal["direct", "spool"] = "direct"
-    spool_dir: Path | None = None
+    # direct: the client waits for SES's verdict. spool: write to disk, answer "queued as", deliver
+    # in the background. fallback: try SES during the transaction; on a temporary failure, spool.
+    mode: Literal["direct", "spool", "fallback"] = "fallback"
+    spool_dir: Path | None = None  # None: <state_dir>/spool
+    concurrency: int = Field(8, gt=0)  # messages the delivery workers send at once
+    retry_first: float = Field(60.0, gt=0)  # seconds before the first retry; doubled each time
+    retry_max: float = Field(3600.0, gt=0)  # the longest wait between two attempts
+    max_lifetime: float = Field(5 * 86400.0, gt=0)  # seconds in the queue before a dead letter (Postfix: 5 d)
+    min_free_bytes: int = Field(100 * 1024 * 1024, ge=0)  # below this free in the spool: 452 4.3.1
+    bounce_from: str | None = None  # a verified identity: DSNs go to the envelope sender; None: none
+
+    @field_validator("bounce_from")
+    @classmethod
+    def _bounce_from(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                check_address(value)
+            except AddressError as exc:
+                raise ValueError(exc.reply.split(" ", 2)[-1]) from None  # the reason, without the SMTP code
+        return value
 
 
 class DynamoDbSuppressionConfig(_Section):
@@ -208,14 +274,28 @@ class GuardConfig(_Section):
 
 
 class HttpConfig(_Section):
-    listen: str | None = "127.0.0.1:9025"  # null disables the HTTP side
+    listen: str | None = "127.0.0.1:9025"  # every route (/sns only when public_listen is null); null: none
+    # The internet-facing side: only /sns and /healthz. When set, /sns is served only here.
+    public_listen: str | None = None
 
-    @field_validator("listen")
+    @field_validator("listen", "public_listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
         if value is not None:
             parse_host_port(value)
         return value
+
+
+class TraceConfig(_Section):
+    # On by default: "what happened to my mail?" is the first question; the cost per message is one
+    # in-memory append, written in batches off the event loop (see relay.trace.store).
+    enabled: bool = True
+    path: Path | None = None  # None: <state_dir>/trace.db
+    retention_days: float = Field(7.0, gt=0)  # messages older than this are pruned
+    max_rows: int = Field(1_000_000, gt=0)  # messages kept at most (the oldest go first)
+    store_subject: bool = True  # false: only a keyed hash of the Subject (needs the key file)
+    # true: recipients kept only as HMAC-SHA256 with <state_dir>/trace.key; searchable by address
+    hash_recipients: bool = False
 
 
 class LoggingConfig(_Section):
@@ -231,6 +311,7 @@ class Config(_Section):
     feedback: FeedbackConfig = FeedbackConfig()
     guard: GuardConfig = GuardConfig()
     http: HttpConfig = HttpConfig()
+    trace: TraceConfig = TraceConfig()
     logging: LoggingConfig = LoggingConfig()
     state_dir: Path | None = None  # None: see default_state_dir()
     # auto: uvloop when installed (pip install 'ses-relay[uvloop]'; ~8% more throughput in paired
@@ -239,17 +320,18 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _combinations(self) -> Config:
-        if self.delivery.mode == "spool":
-            raise ValueError("delivery.mode: 'spool' is not available in this version; use 'direct'")
-        if self.smtp.auth.required or self.smtp.auth.users_file:
-            raise ValueError("smtp.auth: SMTP AUTH is not available in this version")
-        if self.smtp.tls.cert or self.smtp.tls.key or self.smtp.tls.implicit_listen:
-            raise ValueError("smtp.tls: TLS is not available in this version")
-        if self.smtp.memory_budget < 2 * self.smtp.max_message_size:
+        if self.delivery.mode == "direct" and self.smtp.max_recipients > SES_MAX_RECIPIENTS:
             raise ValueError(
-                f"smtp.memory_budget ({self.smtp.memory_budget}) must be at least twice "
-                f"smtp.max_message_size ({self.smtp.max_message_size}), or a message of the maximum "
-                "size with a Bcc header could never be accepted"
+                f"smtp.max_recipients above {SES_MAX_RECIPIENTS} needs delivery.mode spool or fallback "
+                "(one SES call takes at most 50; direct mode never splits a transaction)"
+            )
+        self._security_combinations()
+        size = self.smtp.max_message_size
+        if self.smtp.memory_budget < 2 * size + size // 8:
+            raise ValueError(
+                f"smtp.memory_budget ({self.smtp.memory_budget}) must be at least 2.125 x "
+                f"smtp.max_message_size ({size}), or a message of the maximum size with a Bcc "
+                "header (a second copy, and the send path's share) could never be accepted"
             )
         if self.suppression.backend == "dynamodb" and not self.suppression.dynamodb.table:
             raise ValueError("suppression.dynamodb.table is required when suppression.backend is 'dynamodb'")
@@ -257,9 +339,33 @@ class Config(_Section):
             raise ValueError(
                 "guard.enabled needs feedback (feedback.sns or feedback.sqs): it learns bounces there"
             )
-        if self.feedback.sns.enabled and not self.http.listen:
-            raise ValueError("feedback.sns.enabled needs http.listen (SNS posts to /sns)")
+        if self.feedback.sns.enabled and not (self.http.listen or self.http.public_listen):
+            raise ValueError(
+                "feedback.sns.enabled needs http.listen or http.public_listen (SNS posts to /sns)"
+            )
         return self
+
+    def _security_combinations(self) -> None:
+        smtp, tls, auth = self.smtp, self.smtp.tls, self.smtp.auth
+        if auth.required and not auth.users_file:
+            raise ValueError("smtp.auth.required needs smtp.auth.users_file")
+        if smtp.proxy_listen and not smtp.trusted_proxies:
+            raise ValueError(
+                "smtp.proxy_listen needs smtp.trusted_proxies: the proxies allowed to send a header"
+            )
+        if not tls.require_for_auth:
+            listeners = [*smtp.listen, *smtp.proxy_listen]
+            public = [item for item in listeners if not is_loopback_host(parse_host_port(item)[0])]
+            if public:
+                raise ValueError(
+                    f"smtp.tls.require_for_auth: false would send passwords in clear on {public[0]}; "
+                    "allowed only when every smtp.listen address is loopback"
+                )
+        if auth.users_file and tls.cert is None and tls.require_for_auth:
+            raise ValueError(
+                "smtp.auth.users_file needs smtp.tls.cert and key: AUTH is offered only over TLS "
+                "(or set smtp.tls.require_for_auth: false on a loopback-only relay)"
+            )
 
     # Resolved paths: everything stateful lives under one directory.
     @property
@@ -269,6 +375,14 @@ class Config(_Section):
     @property
     def suppression_path(self) -> Path:
         return self.suppression.path or self.resolved_state_dir / "suppression.db"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.delivery.spool_dir or self.resolved_state_dir / "spool"
+
+    @property
+    def trace_path(self) -> Path:
+        return self.trace.path or self.resolved_state_dir / "trace.db"
 
     @property
     def dry_run_dir(self) -> Path:

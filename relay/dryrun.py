@@ -53,7 +53,7 @@ class DryRunSender:
         log.info(
             "dry run: saved %s", path, extra={"fields": {"path": str(path), "ses_message_id": message_id}}
         )
-        return Accepted(message_id, SAVED.format(message_id=message_id))
+        return Accepted(SAVED.format(message_id=message_id), ses_message_id=message_id, outcome="saved")
 
     def _write(self, message_id: str, message: OutgoingMessage) -> Path:
         envelope = [f"X-Relay-Mail-From: <{message.mail_from.strip('<>')}>"]

@@ -59,3 +59,36 @@ def quiet_libraries() -> None:
     # aiosmtpd logs every command (addresses included) at INFO, and boto at INFO is chatty.
     for name in ("mail.log", "botocore", "boto3", "urllib3", "aiohttp.access"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    smtp_log = logging.getLogger("mail.log")
+    if not any(isinstance(existing, RedactClientInput) for existing in smtp_log.filters):
+        smtp_log.addFilter(RedactClientInput())
+
+
+# SMTP verbs kept in aiosmtpd's "unrecognised" / "over limit" lines; anything else a client sends as
+# a command word may be a secret (a base64 AUTH password sent out of step) and is redacted.
+_SMTP_VERBS = frozenset({
+    "HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN",
+    "HELP", "STARTTLS", "AUTH", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML", "VERB", "XCLIENT",
+    "XFORWARD", "XEXCH50", "X-EXPS", "CHUNKING", "ONEX", "GET", "POST", "HEAD", "PUT", "CONNECT",
+})
+# aiosmtpd log formats whose last argument is a command word the client sent.
+_COMMAND_FORMATS = frozenset({"%r unrecognised: %s", "%r over limit for %s"})
+# aiosmtpd log formats that carry whole client lines (AUTH answers included): never kept.
+_LINE_FORMATS = frozenset({"%r >> %r", "_handle_client readline: %r"})
+
+
+class RedactClientInput(logging.Filter):
+    """On aiosmtpd's "mail.log": keeps the peer and what happened, never what the client typed.
+
+    A client out of step (e.g. one that sends its AUTH LOGIN password after the server gave up
+    on the exchange) makes aiosmtpd log that line's first word at WARNING as an unknown command.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in _LINE_FORMATS:
+            return False
+        if record.msg in _COMMAND_FORMATS and isinstance(record.args, tuple) and len(record.args) == 2:
+            peer, command = record.args
+            if str(command).upper() not in _SMTP_VERBS:
+                record.args = (peer, f"<{len(str(command))} characters, not logged>")
+        return True

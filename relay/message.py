@@ -11,7 +11,7 @@ it is slow on large messages and its output differs from its input.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from relay.sending import ListManagement
 
@@ -56,6 +56,8 @@ class PreparedMessage:
     feedback_identity_arn: str | None
     list_management: ListManagement | None
     removed_headers: list[str]  # lowercased names of the dropped fields, in message order
+    # First Subject, unfolded, still encoded: for the message trace only (not compared: not a setting).
+    subject: bytes | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -146,6 +148,7 @@ def prepare(raw: bytes | bytearray) -> PreparedMessage:
     """
     fields = _scan_header(raw)
     message_id: str | None = None
+    subject: bytes | None = None
     has_from = False
     control: dict[bytes, str] = {}
     tags: dict[str, str] = {}
@@ -158,6 +161,8 @@ def prepare(raw: bytes | bytearray) -> PreparedMessage:
             has_from = True
         elif f.name == b"message-id" and message_id is None:
             message_id = f.value(raw).decode("ascii", "replace")
+        elif f.name == b"subject" and subject is None:
+            subject = f.value(raw)
         elif f.name in _REMOVED:
             removed.append(f)
             if f.name == _MESSAGE_TAGS:
@@ -199,4 +204,5 @@ def prepare(raw: bytes | bytearray) -> PreparedMessage:
         feedback_identity_arn=control.get(_RETURN_PATH_ARN),
         list_management=list_management,
         removed_headers=[f.name.decode("ascii", "replace") for f in removed if f.name is not None],
+        subject=subject,
     )

@@ -25,7 +25,7 @@ class RelayMetrics:
         self.build_info.info({"version": __version__, "python": platform.python_version()})
         self.smtp_sessions = Counter(
             "ses_relay_smtp_sessions_total", "SMTP connections by outcome at connect", ["result"], registry=r
-        )  # accepted | rejected_network | rejected_busy
+        )  # accepted | rejected_network | rejected_busy | rejected_client_limit
         self.smtp_active_sessions = Gauge(
             "ses_relay_smtp_active_sessions", "SMTP connections currently open", registry=r
         )
@@ -92,18 +92,63 @@ class RelayMetrics:
             "ses_relay_sqs_errors_total", "SQS polling problems, by kind", ["kind"], registry=r
         )
 
+        self.deliveries = Counter(
+            "ses_relay_deliveries_total",
+            "Spool delivery attempts by result",
+            ["result"],
+            registry=r,
+        )  # sent | deferred | dead | expired | paused
+        self.dsns_queued = Counter(
+            "ses_relay_dsns_queued_total",
+            "Delivery status notifications queued to envelope senders (delivery.bounce_from)",
+            registry=r,
+        )
+        self.possible_duplicates = Counter(
+            "ses_relay_possible_duplicates_total",
+            "Spooled messages retried after SES may already have taken them (no answer after sending)",
+            registry=r,
+        )
         self.memory_budget_refusals = Counter(
             "ses_relay_memory_budget_refusals_total",
             "DATA answered 452 4.3.1 because smtp.memory_budget was spent",
             registry=r,
         )
+        self.smtp_auth = Counter(
+            "ses_relay_smtp_auth_total", "SMTP AUTH attempts by result", ["result"], registry=r
+        )  # ok | failed | locked_out
+        self.smtp_refusals = Counter(
+            "ses_relay_smtp_refusals_total",
+            "SMTP commands or messages refused by a security check or limit, by reason",
+            ["reason"],
+            registry=r,
+        )  # bare_newline | command_too_long | line_too_long | header_count | header_bytes |
+        # data_timeout | transactions_per_connection | connections_per_client | proxy_untrusted
         self.guard_refusals = Counter(
             "ses_relay_guard_refusals_total", "MAIL FROM answered 451 by the reputation guard", registry=r
+        )
+        # Message trace (relay.trace); the store's size is a callback gauge registered by the app.
+        self.trace_pruned = Counter(
+            "ses_relay_trace_pruned_total",
+            "Message trace rows removed by retention, by limit (age: trace.retention_days, rows: "
+            "trace.max_rows)",
+            ["reason"],
+            registry=r,
+        )  # age | rows
+        self.trace_events_unmatched = Counter(
+            "ses_relay_trace_events_unmatched_total",
+            "SES feedback events whose SES message id matched no message in the trace (kept, marked)",
+            registry=r,
         )
 
     def register_gauge_callback(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A gauge computed at scrape time (store size, spool depth)."""
         self.registry.register(_CallbackCollector(name, documentation, read))
+
+    def register_labelled_gauge_callback(
+        self, name: str, documentation: str, label: str, read: Callable[[], dict[str, float]]
+    ) -> None:
+        """A gauge with one label, computed at scrape time: {label value: gauge value}."""
+        self.registry.register(_LabelledCallbackCollector(name, documentation, label, read))
 
 
 class _CallbackCollector:
@@ -115,3 +160,19 @@ class _CallbackCollector:
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(self._name, self._documentation, value=self._read())
+
+
+class _LabelledCallbackCollector:
+    def __init__(
+        self, name: str, documentation: str, label: str, read: Callable[[], dict[str, float]]
+    ) -> None:
+        self._name, self._documentation, self._label, self._read = name, documentation, label, read
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self._name, self._documentation, labels=[self._label])]
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, number in sorted(self._read().items()):
+            family.add_metric([value], number)
+        yield family

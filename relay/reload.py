@@ -7,7 +7,9 @@ logged and the settings in force stay: a typo in the file must never stop a runn
 To make another setting reloadable, add an applier to `APPLIERS`: it builds whatever the new value needs
 first and swaps it in only once that worked (an exception leaves the old value in force and is logged).
 The TLS certificate files are re-read on the same SIGHUP by relay.smtp.tls.CertificateStore (Relay asks
-both); a change of the paths themselves (`smtp.tls.cert`/`key`) still needs a restart.
+both); a change of the paths themselves (`smtp.tls.cert`/`key`) still needs a restart. So is the
+users file (`smtp.auth.users_file`, `reload_users`): new and changed users and passwords apply to the
+next AUTH; sessions already authenticated keep going; a file that fails to load keeps the old users.
 """
 
 from __future__ import annotations
@@ -15,15 +17,32 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from relay import notify
 from relay.config import Config, ConfigError
+from relay.smtp.auth import Authenticator, load_users
+from relay.startup import StartupError
 
 log = logging.getLogger("relay.reload")
 
 Loader = Callable[[], Config]
 Applier = Callable[[Config], None]
+
+
+async def reload_users(path: Path, authenticator: Authenticator) -> bool:
+    """Re-read the users file off the event loop and swap it in; True when it was applied."""
+    try:
+        users = await asyncio.to_thread(load_users, path)
+    except StartupError as exc:
+        log.error("users file reload failed, keeping the users in force: %s", exc,
+                  extra={"fields": {"event": "users_reload_failed"}})
+        return False
+    authenticator.replace_users(users)
+    log.info("users file reloaded: %d user(s)", len(users),
+             extra={"fields": {"event": "users_reloaded", "users": len(users)}})
+    return True
 
 
 def apply_log_level(config: Config) -> None:

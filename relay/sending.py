@@ -31,18 +31,21 @@ class OutgoingMessage:
     from_identity_arn: str | None = None
     feedback_identity_arn: str | None = None
     list_management: ListManagement | None = None
+    queue_id: str | None = None  # the transaction's id: the spool files the message under it
+    message_id: str | None = None  # the client's Message-ID header (SES replaces it), for operators
 
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """What a Sender answers for a message it took: its id and the whole 250 line for the client.
+    """What a Sender answers for a message it took: the whole 250 line for the client, and SES's id.
 
     The sender picks the line because only it knows what "taken" means: sent by SES, saved by the
     dry run, queued in the spool.
     """
 
-    message_id: str
     reply: str
+    ses_message_id: str | None = None  # None when it was queued, not sent
+    outcome: str = "sent"  # for the transaction record: sent | saved (dry run) | queued
 
 
 class SendError(Exception):

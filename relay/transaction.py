@@ -36,6 +36,12 @@ class TransactionRecord:
     error_detail: str | None = None  # provider text, for operators
     duration: float | None = None
     outcome: str = "pending"  # sent | refused | failed | unknown | client_gone_sent | ...
+    # For the message trace (not in the log line: addresses and subjects stay out of the logs).
+    received_at: float = field(default_factory=time.time)  # wall clock at MAIL FROM
+    user: str | None = None  # the authenticated user (SMTP AUTH), None when none
+    rcpt_list: list[str] = field(default_factory=list)  # the recipients the message goes to
+    subject: bytes | None = None  # the raw Subject header value, as received
+    reply_line: str | None = None  # the whole reply given (`reply` keeps only its code)
 
     def finish(self, reply: str | None, outcome: str) -> None:
         self.reply = reply[:3] if reply else None
@@ -47,6 +53,7 @@ class TransactionRecord:
             "event": "transaction",
             "queue_id": self.queue_id,
             "client": self.client,
+            "user": self.user,
             "mail_from": self.mail_from,
             "recipients": self.recipients,
             "dropped": self.dropped,

@@ -63,7 +63,8 @@ CLI (for the benchmark)::
         [--account-max-send-rate 200]
 
 serves in the foreground (``record=False``) until SIGTERM/SIGINT and prints one JSON line
-``{"received": n, "sent": n, "throttled": n}`` on stdout when it exits. With ``--accepted-log PATH`` (or
+``{"received": n, "sent": n}`` on stdout when it exits (with ``--max-rate``, also ``"throttled": n``).
+With ``--accepted-log PATH`` (or
 ``FakeSES(accepted_log=PATH)``) every accepted SendEmail also appends one JSON line to PATH,
 ``{"ses_message_id": ..., "message_id": <the raw message's Message-ID header or null>,
 "sha256": <hex digest of the raw message>, "destinations": [...]}``, flushed before the 200 is
@@ -1031,7 +1032,9 @@ def main(argv: list[str] | None = None) -> int:
             pass
     finally:
         fake.stop()
-        counts = {"received": fake.received, "sent": fake.sent, "throttled": fake.throttled}
+        counts = {"received": fake.received, "sent": fake.sent}
+        if fake.max_rate is not None:
+            counts["throttled"] = fake.throttled
         print(json.dumps(counts), flush=True)
     return 0
 

@@ -34,7 +34,10 @@ class FeedbackProcessor:
         transient_window: float = 86400.0,
         transient_max_addresses: int = MAX_TRANSIENT_ADDRESSES,
         clock: Callable[[], float] = time.time,
+        on_event: Callable[[FeedbackEvent, str], None] | None = None,
     ) -> None:
+        """`on_event(event, source)`: told of every event applied (the message trace joins them)."""
+        self._on_event = on_event
         self._store = store
         self._metrics = metrics
         self._guard = guard
@@ -48,6 +51,11 @@ class FeedbackProcessor:
     async def apply(self, event: FeedbackEvent, *, source: str) -> int:
         """Record the event; returns how many suppression entries it wrote. StoreError propagates."""
         self._metrics.feedback_events.labels(event.metric_type, event.metric_subtype, source).inc()
+        if self._on_event is not None:
+            try:
+                self._on_event(event, source)
+            except Exception:  # noqa: BLE001 - the trace must never stop a suppression
+                log.exception("feedback event callback failed")
         if self._guard is not None and event.suppresses:
             if event.type == "Complaint":
                 self._guard.record_complaints(len(event.recipients))

@@ -38,8 +38,11 @@ log = logging.getLogger("relay.ses")
 SEND_EMAIL_PATH = "/v2/email/outbound-emails"
 ACCOUNT_PATH = "/v2/email/account"  # GetAccount: the account's send quota, read at start
 ACCOUNT_TIMEOUT = 15.0  # seconds; an unreachable endpoint must not stall start-up
+ACCOUNT_REFRESH_SECONDS = 600.0  # max_send_rate: auto re-reads GetAccount this often
 CREDENTIALS_RETRY_SECONDS = 30.0
-_STREAM_BYTES = 1 << 20  # larger messages are streamed, and hashed for SigV4 in a thread
+# Request bodies larger than this are streamed, and hashed for SigV4 in a thread. It is aiohttp's
+# TOO_LARGE_BYTES_BODY: above it aiohttp warns that one bytes write may stall the event loop.
+_STREAM_BYTES = 1 << 20
 MIN_UPLOAD_RATE = 262144.0  # bytes/s; the default of ses.min_upload_rate (see relay/config.py)
 CREDENTIALS_HELP = (
     "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
@@ -238,6 +241,15 @@ def _error_code(headers: Any, body: dict[str, Any]) -> str:
     return str(code).split(":", 1)[0].rsplit("#", 1)[-1]
 
 
+class AccountReadError(RuntimeError):
+    """GetAccount answered with an error: the HTTP status and SES's error code."""
+
+    def __init__(self, status: int, code: str) -> None:
+        super().__init__(f"HTTP {status} {code}".rstrip())
+        self.status = status
+        self.code = code
+
+
 class SesSender:
     """`Sender` for Amazon SES (or any SESv2-compatible endpoint such as moto)."""
 
@@ -286,6 +298,7 @@ class SesSender:
         self._http: aiohttp.ClientSession | None = None
         self._slots: asyncio.Semaphore | None = None
         self._limiter: RateLimiter | Unlimited = Unlimited()
+        self._refresh_task: asyncio.Task | None = None
         self.region = ""
         self.url = ""
         self._base_url = ""
@@ -348,25 +361,32 @@ class SesSender:
         rate = self._max_send_rate
         if rate == "auto":
             rate = await self._account_send_rate()
+            # The account's rate changes (SES raises it as the account grows; a review lowers it).
+            self._refresh_task = asyncio.create_task(self._refresh_account_rate(), name="ses-account-rate")
         if rate:
             self._limiter = RateLimiter(float(rate), max_wait=self._max_rate_wait)
-            log.info("local send-rate limit: %s messages/s", rate)
+            log.info("local send-rate limit: %s recipients/s", rate)
+
+    async def _refresh_account_rate(self) -> None:
+        while True:
+            await asyncio.sleep(ACCOUNT_REFRESH_SECONDS)
+            rate = await self._account_send_rate()
+            if not rate:
+                continue  # unreadable now: keep the limit we have
+            if isinstance(self._limiter, RateLimiter):
+                if rate != self._limiter.ceiling:
+                    log.info("SES send rate is now %s recipients/s", rate)
+                self._limiter.set_ceiling(rate)
+            else:
+                self._limiter = RateLimiter(rate, max_wait=self._max_rate_wait)
+                log.info("local send-rate limit: %s recipients/s", rate)
 
     async def _account_send_rate(self) -> float | None:
         """SendQuota.MaxSendRate from SESv2 GetAccount, or None (no local limit) when it cannot be read."""
         if self._credentials is None:
             return None
-        assert self._http is not None
-        url = self._base_url + ACCOUNT_PATH
         try:
-            headers = self._signed_headers(b"", await self._current_credentials(), method="GET", url=url)
-            async with asyncio.timeout(ACCOUNT_TIMEOUT):
-                async with self._http.get(url, headers=headers) as response:
-                    payload = await response.read()
-            if response.status != 200:
-                data = json.loads(payload) if payload.startswith(b"{") else {}
-                raise RuntimeError(f"HTTP {response.status} {_error_code(response.headers, data)}".rstrip())
-            return float(json.loads(payload)["SendQuota"]["MaxSendRate"])
+            return float((await self.get_account())["SendQuota"]["MaxSendRate"])
         except Exception as exc:  # noqa: BLE001 - any failure just means "no local limit"
             log.warning(
                 "could not read the SES send rate (GetAccount: %s); no local rate limit, "
@@ -375,7 +395,33 @@ class SesSender:
             )
             return None
 
+    async def get_account(self) -> dict[str, Any]:
+        """SESv2 GetAccount, signed like the sends (also used by `ses-relay doctor`)."""
+        assert self._http is not None, "SesSender.start() was not called"
+        url = self._base_url + ACCOUNT_PATH
+        headers = self._signed_headers(b"", await self._current_credentials(), method="GET", url=url)
+        async with asyncio.timeout(ACCOUNT_TIMEOUT):
+            async with self._http.get(url, headers=headers) as response:
+                payload = await response.read()
+        if response.status != 200:
+            data = json.loads(payload) if payload.startswith(b"{") else {}
+            raise AccountReadError(response.status, _error_code(response.headers, data))
+        return dict(json.loads(payload))
+
+    @property
+    def credentials_method(self) -> str | None:
+        """Where botocore found the credentials ("env", "shared-credentials-file", "iam-role", ...)."""
+        return None if self._credentials is None else str(self._credentials.method)
+
+    @property
+    def send_rate(self) -> float:
+        """The local send-rate limit now (recipients/s; below the configured one after a 429); 0: none."""
+        return float(self._limiter.rate or 0.0)
+
     async def close(self) -> None:
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            self._refresh_task = None
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -443,7 +489,8 @@ class SesSender:
 
     async def send(self, message: OutgoingMessage) -> Accepted:
         try:
-            waited = await self._limiter.acquire()
+            # SES counts recipients, not messages, against MaxSendRate and the 24-hour quota.
+            waited = await self._limiter.acquire(len(message.recipients))
         except WaitTooLong as exc:
             self._metrics.rate_limiter_refusals.inc()
             raise errors.rate_wait(str(exc)) from None
@@ -452,7 +499,7 @@ class SesSender:
         credentials = await self._current_credentials()
         body = request_body(message, self._configuration_set, self._tags)
         chunks: bytes | Iterator[bytes]
-        if len(message.raw) > _STREAM_BYTES:
+        if len(body) > _STREAM_BYTES:
             digest = await asyncio.get_running_loop().run_in_executor(None, body.sha256_hex)
             headers = self._signed_headers(b"", credentials, digest)
             headers["Content-Length"] = str(len(body))
@@ -467,14 +514,17 @@ class SesSender:
         except SendError as exc:
             self._duration_error.observe(time.perf_counter() - started)
             self._metrics.ses_errors.labels(errors.metric_code(exc.code)).inc()
+            if errors.is_rate_throttle(exc):
+                self._limiter.throttled()
             raise
         finally:
             self._metrics.ses_in_flight.dec()
+        self._limiter.succeeded()
         self._duration_ok.observe(time.perf_counter() - started)
         self._metrics.messages_sent.inc()
         self._metrics.message_bytes_sent.inc(len(message.raw))
         self._metrics.recipients_sent.inc(len(message.recipients))
-        return Accepted(message_id, errors.SENT.format(message_id=message_id))
+        return Accepted(errors.SENT.format(message_id=message_id), ses_message_id=message_id)
 
     async def _post(self, chunks: bytes | Iterator[bytes], size: int, headers: dict[str, str]) -> str:
         """POST the body: bytes (small: connect and answer limits as one) or chunks (streamed: each

@@ -27,7 +27,7 @@ BAD_CONTENT = "554 5.6.0 Amazon SES rejected the message: {detail}"
 ACCOUNT_SUSPENDED = "554 5.7.1 Amazon SES account is suspended: {detail}"
 
 _THROTTLING = {"TooManyRequestsException", "ThrottlingException", "Throttling", "LimitExceededException"}
-_PAUSED = {
+PAUSED_CODES = {
     "SendingPausedException",
     "AccountSendingPausedException",
     "ConfigurationSetSendingPausedException",
@@ -49,6 +49,10 @@ _OPERATOR = {
 _PERMANENT_CONTENT = {"MailFromDomainNotVerifiedException", "BadRequestException", "InvalidParameterValue"}
 
 
+OUTCOME_UNKNOWN_CODE = "timeout_after_send"  # SES may have the message: a retry may duplicate it
+DAILY_QUOTA_CODE = "LimitExceededException"  # the 24-hour sending quota is used up
+
+
 def _clean(text: str) -> str:
     """Provider text in a reply: one line, printable ASCII, bounded."""
     text = " ".join(text.split())
@@ -61,7 +65,7 @@ def classify_http_error(status: int, code: str, message: str) -> SendError:
     detail = _clean(message)
     if code in _THROTTLING or status == 429:
         return TransientSendError(THROTTLED, code=code or "429", detail=detail)
-    if code in _PAUSED:
+    if code in PAUSED_CODES:
         return TransientSendError(SENDING_PAUSED, code=code, detail=detail)
     if code == "AccountSuspendedException":
         return PermanentSendError(ACCOUNT_SUSPENDED.format(detail=detail), code=code, detail=detail)
@@ -101,7 +105,7 @@ def rate_wait(reason: str) -> TransientSendError:
 
 def outcome_unknown(reason: str) -> TransientSendError:
     """Failure after the request was sent: SES may have accepted it."""
-    return TransientSendError(OUTCOME_UNKNOWN, code="timeout_after_send", detail=_clean(reason))
+    return TransientSendError(OUTCOME_UNKNOWN, code=OUTCOME_UNKNOWN_CODE, detail=_clean(reason))
 
 
 def no_credentials(reason: str) -> TransientSendError:
@@ -111,7 +115,7 @@ def no_credentials(reason: str) -> TransientSendError:
 # Metric label values for SES error codes come from this closed set; anything else is "other".
 KNOWN_CODES = frozenset(
     _THROTTLING
-    | _PAUSED
+    | PAUSED_CODES
     | _OPERATOR
     | _PERMANENT_CONTENT
     | {
@@ -127,6 +131,11 @@ KNOWN_CODES = frozenset(
         "ServiceUnavailable",
     }
 )
+
+
+def is_rate_throttle(error: SendError) -> bool:
+    """SES refused for the per-second send rate (not the 24-hour quota): sending slower helps."""
+    return error.reply == THROTTLED and error.code != DAILY_QUOTA_CODE
 
 
 def metric_code(code: str) -> str:

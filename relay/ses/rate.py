@@ -43,11 +43,13 @@ class RateLimiter:
         if max_wait is not None and max_wait < 0:
             raise ValueError("max_wait must be >= 0 or None")
         self.rate = rate
+        self.ceiling = rate  # the configured (or account) rate; `throttled()` goes below it for a while
         self.max_wait = max_wait
         self._capacity = max(1.0, rate)
         self._clock = clock
         self._sleep = sleep
         self._full_at = clock()  # when the bucket holds `capacity` tokens again; now or earlier: full
+        self._raised_at = clock()
 
     async def acquire(self, cost: float = 1) -> float:
         if cost <= 0:
@@ -72,6 +74,37 @@ class RateLimiter:
         return self._clock() - now
 
 
+    # Adapting to SES (AIMD, as TCP does): a 429 halves the rate; each second without one gives back
+    # RECOVERY of the ceiling, so a transient throttle costs seconds, not the rest of the day.
+    FLOOR = 0.5  # sends/s: never slower than this
+    RECOVERY = 0.05
+
+    def throttled(self) -> None:
+        self._set_rate(max(self.FLOOR, min(self.rate, self.ceiling) / 2))
+        self._raised_at = self._clock()
+
+    def succeeded(self) -> None:
+        if self.rate >= self.ceiling:
+            return
+        now = self._clock()
+        seconds = now - self._raised_at
+        if seconds >= 1.0:
+            self._raised_at = now
+            self._set_rate(min(self.ceiling, self.rate + self.ceiling * self.RECOVERY * seconds))
+
+    def set_ceiling(self, rate: float) -> None:
+        """A new account rate (GetAccount refreshed): the limit follows it, down at once, up gradually."""
+        if rate <= 0:
+            raise ValueError("rate must be > 0")
+        self.ceiling = rate
+        if self.rate > rate:
+            self._set_rate(rate)
+
+    def _set_rate(self, rate: float) -> None:
+        self.rate = rate
+        self._capacity = max(1.0, rate)
+
+
 class Unlimited:
     """Null object for `max_send_rate: null`."""
 
@@ -80,3 +113,9 @@ class Unlimited:
 
     async def acquire(self, cost: float = 1) -> float:
         return 0.0
+
+    def throttled(self) -> None:
+        return None  # no known rate to go below: throttled sends are retried (spool) or answered 451
+
+    def succeeded(self) -> None:
+        return None

@@ -51,6 +51,12 @@ def _user(session: Session | None) -> AuthenticatedUser | None:
     return data if isinstance(data, AuthenticatedUser) else None
 
 
+def authenticated_login(session: Session | None) -> str | None:
+    """The user this session authenticated as (for the transaction record and the trace), or None."""
+    user = _user(session)
+    return user.login if user is not None else None
+
+
 def check_envelope_sender(session: Session | None, address: str) -> str | None:
     """None, or the 550 5.7.1 reply for a MAIL FROM the authenticated user may not use."""
     user = _user(session)

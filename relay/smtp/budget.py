@@ -13,6 +13,13 @@ from __future__ import annotations
 STEP = 256 * 1024
 
 
+def held_for(size: int) -> int:
+    """What a message of `size` bytes costs while the relay has it: the bytes, plus an eighth for what
+    sending it takes besides (base64 chunks, SigV4 hashing, the HTTP writer's buffers, allocator
+    slack). Without that share, a burst of 30 x 40 MB peaked 4-13 % above budget + idle RSS."""
+    return size + size // 8
+
+
 class MemoryBudget:
     def __init__(self, limit: int) -> None:
         if limit <= 0:

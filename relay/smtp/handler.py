@@ -18,7 +18,7 @@ from relay.guard import ReputationGuard
 from relay.message import MessageError, prepare
 from relay.metrics import RelayMetrics
 from relay.sending import Accepted, OutgoingMessage, Sender, SendError
-from relay.smtp import replies
+from relay.smtp import authz, replies
 from relay.smtp.budget import Reservation
 from relay.smtp.state import ServerState
 from relay.suppression.base import Reason, StoreError, SuppressionStore, address_key
@@ -90,9 +90,16 @@ class RelayHandler:
                 check_address(address)
             except AddressError as exc:
                 return exc.reply
+        if (refusal := authz.check_envelope_sender(session, address)) is not None:
+            return refusal  # an authenticated user outside its allowed senders
         envelope.mail_from = address or NULL_SENDER
         envelope.mail_options.extend(options)
-        envelope.record = TransactionRecord(new_queue_id(), _client(session), mail_from=envelope.mail_from)
+        envelope.record = TransactionRecord(
+            new_queue_id(),
+            _client(session),
+            mail_from=envelope.mail_from,
+            user=authz.authenticated_login(session),
+        )
         return replies.OK_SENDER
 
     async def handle_RCPT(
@@ -140,12 +147,15 @@ class RelayHandler:
         dropped = set(envelope.dropped)
         recipients = [address for address in envelope.rcpt_tos if address not in dropped]
         record.recipients = len(recipients)
+        record.rcpt_list = recipients
         record.dropped = len(envelope.dropped)
         record.size = len(raw)
         handed_over = False
         try:
             prepared = prepare(raw)
+            authz.check_from_header(session, prepared)  # MessageError (554 5.7.1) for another's From:
             record.message_id = prepared.message_id
+            record.subject = prepared.subject
             if prepared.raw is not raw:  # a header was removed: a second buffer, briefly both
                 if reservation is not None and not reservation.add(len(prepared.raw)):
                     raise MessageError(self._refuse_memory())
@@ -164,13 +174,16 @@ class RelayHandler:
                     from_identity_arn=prepared.from_identity_arn,
                     feedback_identity_arn=prepared.feedback_identity_arn,
                     list_management=prepared.list_management,
+                    queue_id=record.queue_id,
+                    message_id=prepared.message_id,
                 )
                 del prepared
                 handed_over = True
                 accepted = await self._send(outgoing, record, reservation)
-                record.ses_message_id = accepted.message_id
-                self._guard.record_sent(len(recipients))
-                reply, outcome = accepted.reply, "sent"
+                record.ses_message_id = accepted.ses_message_id
+                if accepted.ses_message_id is not None:
+                    self._guard.record_sent(len(recipients))
+                reply, outcome = accepted.reply, accepted.outcome
         except MessageError as exc:
             reply, outcome = exc.reply, "refused"
         except SendError as exc:
@@ -186,6 +199,7 @@ class RelayHandler:
         finally:
             if not handed_over and reservation is not None:
                 reservation.release()
+        record.reply_line = reply
         record.finish(reply, outcome)
         self._transactions[reply[0]].inc()
         self._emit(record)
@@ -228,8 +242,9 @@ class RelayHandler:
         error = task.exception()
         if error is None:
             accepted = task.result()
-            record.ses_message_id = accepted.message_id
-            self._guard.record_sent(record.recipients)
+            record.ses_message_id = accepted.ses_message_id
+            if accepted.ses_message_id is not None:
+                self._guard.record_sent(record.recipients)
             record.finish(None, "client_gone_sent")
         else:
             record.error = getattr(error, "code", error.__class__.__name__)

@@ -29,7 +29,7 @@ from typing import Any
 from relay.backoff import Backoff
 from relay.metrics import RelayMetrics
 from relay.sending import ListManagement, OutgoingMessage, PermanentSendError, Sender, TransientSendError
-from relay.ses.errors import DAILY_QUOTA_CODE, OUTCOME_UNKNOWN_CODE, PAUSED_CODES
+from relay.ses.errors import DAILY_QUOTA_CODE, OUTCOME_UNKNOWN_CODE, PAUSED_CODES, is_rate_throttle
 from relay.spool.dsn import build_dsn, header_block, is_report
 from relay.spool.store import SpoolEntry, SpoolError, SqliteSpool
 from relay.suppression.base import StoreError, SuppressionStore
@@ -40,7 +40,8 @@ attempt_log = logging.getLogger("relay.delivery.attempt")
 
 POLL_SECONDS = 1.0  # the longest a due message (or a queue CLI change) waits to be noticed
 PAUSE_SECONDS = 300.0  # after "sending paused": SES needs an operator, not a retry storm
-DELIVERY_RESULTS = ("sent", "deferred", "dead", "expired", "paused", "quota", "error")
+DELIVERY_RESULTS = ("sent", "deferred", "dead", "expired", "paused", "quota", "throttled", "error")
+THROTTLE_RETRY_SECONDS = 1.0
 QUOTA_HOLD_SECONDS = 600.0  # after the 24-hour quota ran out: it frees up as the day rolls on
 
 
@@ -293,6 +294,12 @@ class DeliveryEngine:
             self._paused_until = self._clock() + PAUSE_SECONDS
             await self._spool.postpone(entry.id, delay=PAUSE_SECONDS, reason=exc.reply)
             self._count("paused", entry, error=exc.code)
+            return
+        if is_rate_throttle(exc):
+            # Too fast for SES's per-second rate (the limiter has slowed down already): try again in a
+            # moment, without an attempt. A backoff meant for outages would stall it for a minute.
+            await self._spool.postpone(entry.id, delay=THROTTLE_RETRY_SECONDS, reason=exc.reply)
+            self._count("throttled", entry, error=exc.code)
             return
         if exc.code == DAILY_QUOTA_CODE:
             # The 24-hour quota is used up: every message would fail the same way, so the queue

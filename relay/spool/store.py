@@ -379,7 +379,22 @@ class SqliteSpool:
 
     async def finish(self, queue_id: str) -> None:
         """Every chunk is sent (or had only suppressed recipients): the message leaves the spool."""
-        await self._run(self._delete_sync, [queue_id])
+        await self._run(self._finish_sync, queue_id)
+
+    def _finish_sync(self, queue_id: str) -> None:
+        # Without its own fsync: WAL frames reach the disk in order, so the next full-sync commit (the
+        # next message received) makes this delete durable too. A power cut before then can only
+        # bring the message back, to be sent once more; never lose one. One fsync per delivered
+        # message was half the spool's disk work.
+        assert self._db is not None
+        db = self._db
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with db:
+                db.execute("DELETE FROM messages WHERE id = ?", (queue_id,))
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
+        self._remove_bodies([queue_id])
 
     async def defer(self, queue_id: str, *, delay: float, error: str, possible_duplicate: bool) -> None:
         await self._run(self._defer_sync, queue_id, delay, error, possible_duplicate)

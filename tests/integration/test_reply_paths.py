@@ -8,8 +8,9 @@ import socket
 from relay.sending import OutgoingMessage
 from relay.smtp import replies
 from relay.suppression.base import Reason, SuppressionEntry
+from testkit.messages import plain_message
 
-MESSAGE = b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: x\r\n\r\nx\r\n"
+MESSAGE = plain_message()
 
 
 def text(reply: str) -> str:

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import pytest
 
 from relay.ses import errors
-from tests.conftest import free_port
-from tests.fakes.fake_ses import SEND_EMAIL_PATH, FakeSES, Fault
+from testkit.fake_ses import SEND_EMAIL_PATH, FakeSES, Fault
+from testkit.messages import grown
+from testkit.net import free_port
+from testkit.waiting import wait_until
 
 SENDER = "bounces@example.com"
 RECIPIENTS = ["bob@example.org", "carol@example.net"]
@@ -317,6 +319,51 @@ def test_sends_whose_turn_is_past_max_rate_wait_are_refused_at_once_then_mail_fl
     assert relay.metric("ses_relay_rate_limiter_refusals_total") == 3
 
 
+def test_the_send_rate_counts_recipients_as_ses_does(fake_ses, relay_factory):
+    """5 recipients/s and a 1.5 s bound, three 5-recipient messages at once: the first takes the
+    whole one-second burst, the second waits a second, the third would wait two: refused at once.
+    Counting one token per message, all three would have gone out at once."""
+    relay = relay_factory(fake_ses.endpoint_url, ses={"max_send_rate": 5, "max_rate_wait": 1.5})
+    at_data = threading.Barrier(3, timeout=30)
+
+    def five(index: int) -> int:
+        with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+            client.ehlo()
+            assert client.mail(SENDER)[0] == 250
+            for i in range(5):
+                assert client.rcpt(f"user{index}-{i}@example.org")[0] == 250
+            at_data.wait()
+            return client.data(MESSAGE)[0]
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        codes = sorted(pool.map(five, range(3)))
+    assert codes == [250, 250, 451]
+    assert relay.metric("ses_relay_rate_limiter_wait_seconds_count") == 1
+    assert relay.metric("ses_relay_rate_limiter_refusals_total") == 1
+
+
+def test_a_429_halves_the_local_send_rate(fake_ses, relay_factory):
+    relay = relay_factory(fake_ses.endpoint_url, ses={"max_send_rate": 10})
+    assert relay.metric("ses_relay_send_rate_limit") == 10
+    fake_ses.queue(Fault.error("TooManyRequestsException"))
+    assert send(relay.smtp_port)[0] == 451
+    assert relay.metric("ses_relay_send_rate_limit") == 5
+    fake_ses.queue(Fault.error("LimitExceededException"))  # the daily quota: sending slower does not help
+    assert send(relay.smtp_port)[0] == 451
+    assert relay.metric("ses_relay_send_rate_limit") == 5
+
+
+def test_send_rate_auto_follows_the_account_rate_as_it_changes(fake_ses, relay_factory, monkeypatch):
+    from relay.ses import client as ses_client
+
+    monkeypatch.setattr(ses_client, "ACCOUNT_REFRESH_SECONDS", 0.2)
+    fake_ses.account_max_send_rate = 14.0
+    relay = relay_factory(fake_ses.endpoint_url, ses={"max_send_rate": "auto"})
+    assert relay.metric("ses_relay_send_rate_limit") == 14
+    fake_ses.account_max_send_rate = 3.0  # e.g. lowered after a review
+    wait_until(lambda: relay.metric("ses_relay_send_rate_limit") == 3, message="the new account rate was not applied")
+
+
 def test_send_rate_auto_applies_the_account_quota_from_getaccount(fake_ses, relay_factory):
     fake_ses.account_max_send_rate = 5.0
     relay = relay_factory(fake_ses.endpoint_url, ses={"max_send_rate": "auto"})
@@ -374,7 +421,7 @@ def big_message() -> bytes:
     """MESSAGE grown to 15 MiB (so it is streamed to SES, in 1 MiB chunks), in long lines: the SMTP
     side reads line by line."""
     line = b"0123456789" * 99 + b"\r\n"
-    return MESSAGE + line * (15 * 1024 * 1024 // len(line))
+    return grown(MESSAGE, len(MESSAGE) + 15 * 1024 * 1024, line)
 
 
 def test_upload_slower_than_min_upload_rate_is_not_sent(relay_factory, big_message):

@@ -13,9 +13,10 @@ import time
 
 import boto3
 
-from tests.conftest import free_port
-from tests.fakes.fake_ses import FakeSES, Fault
-from tests.integration.test_cli import MESSAGE, relay_env, serve_config, serving
+from testkit.fake_ses import FakeSES, Fault
+from testkit.net import free_port
+from testkit.serve import MESSAGE, relay_env, serve_config, serving
+from testkit.waiting import wait_until
 
 EXIT_MARGIN = 12.0  # seconds past the grace that the process may take, at most
 
@@ -29,14 +30,6 @@ def _hanging_send(port: int, outcome: list) -> None:
             outcome.append(client.data(MESSAGE))
     except (smtplib.SMTPException, OSError) as exc:
         outcome.append(exc)
-
-
-def _wait_for(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.05)
 
 
 def _sqs_queue(moto_server) -> str:
@@ -60,11 +53,11 @@ def test_exits_within_the_grace_from_every_state_at_once(tmp_path, moto_server):
                               "region": "us-east-1", "wait_time": 20}},
         )
         with serving(tmp_path, env, config) as served:
-            _wait_for(lambda: fake.received >= 1)  # the sync is blocked in its call
+            wait_until(lambda: fake.received >= 1, timeout=20.0)  # the sync is blocked in its call
             in_flight: list = []
             sender = threading.Thread(target=_hanging_send, args=(served.smtp_port, in_flight))
             sender.start()
-            _wait_for(lambda: fake.received >= 2 or in_flight)  # the send is blocked in SES
+            wait_until(lambda: fake.received >= 2 or in_flight, timeout=20.0)  # the send is blocked in SES
             assert not in_flight, (in_flight, served.stderr())
             idle = socket.create_connection(("127.0.0.1", served.smtp_port), timeout=30)
             idle.recv(1024)  # the greeting
@@ -105,7 +98,7 @@ def test_a_second_sigterm_during_the_drain_stops_at_once(tmp_path):
             in_flight: list = []
             sender = threading.Thread(target=_hanging_send, args=(served.smtp_port, in_flight))
             sender.start()
-            _wait_for(lambda: fake.received >= 1)
+            wait_until(lambda: fake.received >= 1, timeout=20.0)
             served.process.send_signal(signal.SIGTERM)
             served.wait_for_log(lambda entry: entry.get("event") == "stopping")
             assert served.process.poll() is None  # draining: the send is still out
@@ -126,7 +119,7 @@ def test_a_send_that_finishes_within_the_grace_gets_its_250(tmp_path):
             in_flight: list = []
             sender = threading.Thread(target=_hanging_send, args=(served.smtp_port, in_flight))
             sender.start()
-            _wait_for(lambda: fake.received >= 1)
+            wait_until(lambda: fake.received >= 1, timeout=20.0)
             code = served.terminate()
             sender.join(10)
             logs = served.log_lines()

@@ -7,7 +7,6 @@ import os
 import re
 import smtplib
 import socket
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 from relay.config import SES_MAX_MESSAGE_SIZE
 from relay.ses import errors
 from relay.smtp import replies
+from testkit.waiting import wait_until
 
 SENDER = "alice@example.com"
 RECIPIENT = "bob@example.org"
@@ -95,14 +95,6 @@ class Raw:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.02)
 
 
 # -- greeting and EHLO --------------------------------------------------------------------------

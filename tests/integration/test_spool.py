@@ -252,3 +252,11 @@ def test_a_spool_that_cannot_write_answers_452_and_keeps_nothing(fake_ses, relay
     assert (code, "452 " + text) == (452, SPOOL_UNAVAILABLE)
     assert sum(spool_counts(relay).values()) == 0
     assert send(relay.smtp_port, ["bob@example.org"])[0] == 250  # a small message is inline: still fine
+
+
+def test_a_throttled_delivery_is_retried_in_a_moment_not_after_the_outage_backoff(fake_ses, relay_factory):
+    relay = relay_factory(fake_ses.endpoint_url, delivery={"mode": "spool", "retry_first": 600})
+    fake_ses.queue(Fault.error("TooManyRequestsException"))
+    assert send(relay.smtp_port, ["bob@example.org"])[0] == 250
+    wait_until(lambda: delivered(fake_ses) == ["bob@example.org"], message="a 429 waited for the 600 s backoff")
+    assert relay.metric("ses_relay_deliveries_total", {"result": "throttled"}) == 1

@@ -58,7 +58,7 @@ def test_defaults_without_a_file_have_the_documented_shape():
     assert config.smtp.allowed_networks == ["127.0.0.0/8", "::1/128"]
     assert config.suppression.backend == "sqlite"
     assert config.suppression.on_suppressed == "reject"
-    assert config.delivery.mode == "direct"
+    assert config.delivery.mode == "fallback"  # SES first, the spool when SES cannot take it now
     assert config.ses.dry_run is False
     assert config.ses.max_send_rate == "auto"
     assert config.logging.format == "json"
@@ -172,9 +172,12 @@ def test_a_mixed_key_from_the_environment_is_still_parsed():
 def test_memory_budget_must_hold_two_copies_of_the_largest_message():
     message = config_error(None, environ={"SES_RELAY_SMTP__MEMORY_BUDGET": str(50 * 1024 * 1024)})
     assert "smtp.memory_budget" in message and "max_message_size" in message
-    config = load_config(None, environ={"SES_RELAY_SMTP__MEMORY_BUDGET": "2097152",
+    config = load_config(None, environ={"SES_RELAY_SMTP__MEMORY_BUDGET": "2228224",
                                         "SES_RELAY_SMTP__MAX_MESSAGE_SIZE": "1048576"})
-    assert config.smtp.memory_budget == 2 * 1024 * 1024
+    assert config.smtp.memory_budget == 2228224  # 2.125 MiB: the smallest allowed
+    message = config_error(None, environ={"SES_RELAY_SMTP__MEMORY_BUDGET": "2228223",
+                                          "SES_RELAY_SMTP__MAX_MESSAGE_SIZE": "1048576"})
+    assert "smtp.memory_budget" in message
 
 
 def test_environment_beats_the_file_key_by_key(tmp_path):
@@ -210,7 +213,8 @@ def test_load_config_reads_os_environ_by_default(monkeypatch):
         ("ses:\n  tags: {team: 'a b'}\n", "ses.tags", "'a b'"),
         ("ses:\n  tags: {'bad.name': x}\n", "ses.tags", "bad.name"),
         ("ses:\n  max_send_rate: -1\n", "ses.max_send_rate", ">= 0"),
-        ("delivery:\n  mode: spool\n", "delivery.mode", "not available"),
+        ("delivery:\n  bounce_from: bounces\n", "delivery.bounce_from", "no @domain"),
+        ("delivery:\n  mode: direct\nsmtp:\n  max_recipients: 51\n", "smtp.max_recipients", "spool or fallback"),
         ("delivery:\n  mode: queue\n", "delivery.mode", "direct"),
         ("logging:\n  format: xml\n", "logging.format", "json"),
         ("smtp: 5\n", "smtp", "valid dictionary"),

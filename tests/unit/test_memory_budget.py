@@ -44,3 +44,10 @@ def test_add_and_shrink_account_for_a_second_buffer():
 def test_a_budget_must_be_positive():
     with pytest.raises(ValueError):
         MemoryBudget(0)
+
+
+def test_a_message_costs_its_size_and_an_eighth_for_sending_it():
+    from relay.smtp.budget import held_for
+
+    assert held_for(0) == 0
+    assert held_for(8 * 1024 * 1024) == 9 * 1024 * 1024

@@ -208,3 +208,31 @@ def test_a_cancelled_waiter_gives_its_turn_back(clock: VirtualClock):
         assert await bucket.acquire() == 0.0
 
     asyncio.run(scenario())
+
+
+def test_a_throttle_halves_the_rate_and_it_recovers_while_ses_accepts():
+    clock = [100.0]
+    limiter = RateLimiter(10, clock=lambda: clock[0])
+    limiter.throttled()
+    assert limiter.rate == 5
+    limiter.throttled()
+    assert limiter.rate == 2.5
+    limiter.succeeded()  # no time has passed: no recovery yet
+    assert limiter.rate == 2.5
+    clock[0] += 10
+    limiter.succeeded()  # 10 s at 5 % of the ceiling per second
+    assert limiter.rate == 7.5
+    clock[0] += 100
+    limiter.succeeded()
+    assert limiter.rate == 10  # never above the ceiling
+    for _ in range(20):
+        limiter.throttled()
+    assert limiter.rate == RateLimiter.FLOOR
+
+
+def test_a_lower_account_rate_applies_at_once():
+    limiter = RateLimiter(10, clock=lambda: 0.0)
+    limiter.set_ceiling(4)
+    assert (limiter.rate, limiter.ceiling) == (4, 4)
+    limiter.set_ceiling(8)
+    assert (limiter.rate, limiter.ceiling) == (4, 8)  # up only gradually, through succeeded()

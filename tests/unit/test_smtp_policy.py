@@ -41,3 +41,16 @@ def test_admit_checks_network_then_shutdown_then_the_connection_limit():
     assert policy.admit(inside, open_sessions=0, shutting_down=True) == ("rejected_busy", replies.SHUTTING_DOWN)
     result, reply = policy.admit(outside, open_sessions=0, shutting_down=True)
     assert result == "rejected_network" and reply == replies.NOT_ALLOWED.format(peer="192.0.2.1")
+
+
+def test_with_auth_required_an_outside_client_is_admitted_but_must_authenticate():
+    policy = ConnectionPolicy(["127.0.0.0/8"], max_connections=2, auth_required=True)
+    inside, outside = ("127.0.0.1", 1), ("192.0.2.1", 1)
+    assert policy.admit(outside, open_sessions=0, shutting_down=False) is None
+    assert policy.must_authenticate(outside) and not policy.must_authenticate(inside)
+    # the other limits still apply to it, and an unparseable peer is still refused
+    assert policy.admit(outside, open_sessions=2, shutting_down=False) == ("rejected_busy", replies.TOO_BUSY)
+    assert policy.admit(None, open_sessions=0, shutting_down=False)[0] == "rejected_network"
+    # without auth_required the outside client is refused at connect, as before
+    plain = ConnectionPolicy(["127.0.0.0/8"], max_connections=2)
+    assert plain.admit(outside, open_sessions=0, shutting_down=False)[0] == "rejected_network"

@@ -43,7 +43,7 @@ SIGNER = "relay.ses.client._SigV4"
 BETS = [
     Bet(f"{SERVER}.__init__", "aiosmtpd.smtp.SMTP.__init__", FUNCTION,
         ("handler", "data_size_limit", "enable_SMTPUTF8", "decode_data", "hostname", "ident", "timeout",
-         "command_call_limit", "loop"), only_these=False),
+         "command_call_limit", "loop", "proxy_protocol_timeout"), only_these=False),
     Bet(f"{SERVER}._handle_client", "aiosmtpd.smtp.SMTP._handle_client", COROUTINE, ("self",)),
     Bet(f"{SERVER}._getaddr", "aiosmtpd.smtp.SMTP._getaddr", FUNCTION, ("self", "arg")),
     Bet(f"{SERVER}.smtp_DATA", "aiosmtpd.smtp.SMTP.smtp_DATA", COROUTINE, ("self", "arg")),
@@ -54,6 +54,10 @@ BETS = [
     Bet(f"{SERVER}.smtp_DATA", "aiosmtpd.smtp.SMTP.check_helo_needed", COROUTINE, ("self", "helo")),
     Bet(f"{SERVER}.smtp_DATA", "aiosmtpd.smtp.SMTP.check_auth_needed", COROUTINE, ("self", "caller_method")),
     Bet("relay.smtp.handler.RelayEnvelope", "aiosmtpd.smtp.Envelope.__init__", FUNCTION, ("self",)),
+    # Limits (#11): max_transactions_per_connection at MAIL; data_timeout through aiosmtpd's idle timer.
+    Bet(f"{SERVER}.smtp_MAIL", "aiosmtpd.smtp.SMTP.smtp_MAIL", COROUTINE, ("self", "arg")),
+    Bet(f"{SERVER}._timeout_cb", "aiosmtpd.smtp.SMTP._timeout_cb", FUNCTION, ("self",)),
+    Bet(f"{SERVER}.smtp_DATA", "aiosmtpd.smtp.SMTP._reset_timeout", FUNCTION, ("self", "duration")),
     Bet(f"{SIGNER}.__init__", "botocore.auth.SigV4Auth.__init__", FUNCTION,
         ("self", "credentials", "service_name", "region_name")),
     Bet(f"{SIGNER}.headers_to_sign", "botocore.auth.SigV4Auth.headers_to_sign", FUNCTION, ("self", "request")),
