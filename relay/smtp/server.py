@@ -105,39 +105,28 @@ class SmtpServer:
         )
         self._servers: list[asyncio.Server] = []
 
+    def _session(self, **extra: Any) -> RelaySMTP:
+        loop = asyncio.get_running_loop()
+        return RelaySMTP(self.handler, server=self, loop=loop, **extra, **self._smtp_kwargs)
+
     def _protocol(self) -> RelaySMTP:
         # The context is read per connection: after a certificate reload, new sessions get the new one.
-        return RelaySMTP(
-            self.handler,
-            server=self,
-            loop=asyncio.get_running_loop(),
+        return self._session(
             tls_context=self.tls.context if self.tls is not None else None,
             auth_require_tls=self._auth_require_tls,
-            **self._smtp_kwargs,
         )
 
     def _proxy_protocol(self) -> RelaySMTP:
         # aiosmtpd reads the PROXY header before the greeting; RelaySMTP judges the client after it.
-        return RelaySMTP(
-            self.handler,
-            server=self,
-            loop=asyncio.get_running_loop(),
+        return self._session(
             tls_context=self.tls.context if self.tls is not None else None,
             auth_require_tls=self._auth_require_tls,
             proxy_protocol_timeout=self._proxy_timeout,
-            **self._smtp_kwargs,
         )
 
     def _implicit_tls_protocol(self) -> RelaySMTP:
         # The transport is TLS from the first byte: no STARTTLS to offer, AUTH needs no upgrade.
-        return RelaySMTP(
-            self.handler,
-            server=self,
-            loop=asyncio.get_running_loop(),
-            implicit_tls=True,
-            auth_require_tls=False,
-            **self._smtp_kwargs,
-        )
+        return self._session(implicit_tls=True, auth_require_tls=False)
 
     async def listen(
         self, host: str, port: int, *, implicit_tls: bool = False, proxy: bool = False

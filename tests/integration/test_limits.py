@@ -6,46 +6,20 @@ and the command line length aiosmtpd enforces (RFC 5321 4.5.3.1.4: 512 octets).
 
 from __future__ import annotations
 
-import re
 import select
-import socket
 import time
 from pathlib import Path
 
 import bcrypt
 
 from relay.smtp import replies
+from testkit.rawsmtp import RawSMTP
 from testkit.waiting import wait_until
 
-REPLY_LINE = re.compile(rb"^(\d{3})([ -])")
 MESSAGE = b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: limits\r\n\r\nhello\r\n"
 
 
-class Raw:
-    """A raw SMTP client socket: exact bytes out, whole replies in."""
-
-    def __init__(self, port: int, timeout: float = 15.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.file = self.sock.makefile("rb")
-
-    def reply(self) -> bytes:
-        """The last line of one reply; b"" when the server closed the connection."""
-        while True:
-            line = self.file.readline().rstrip(b"\r\n")
-            match = REPLY_LINE.match(line)
-            if not line or match is None or match.group(2) == b" ":
-                return line
-
-    def cmd(self, data: bytes) -> bytes:
-        self.sock.sendall(data + b"\r\n")
-        return self.reply()
-
-    def closed(self) -> bool:
-        return self.file.readline() == b""
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+Raw = RawSMTP
 
 
 def refusals(relay, reason: str) -> float:

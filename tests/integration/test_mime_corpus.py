@@ -11,16 +11,15 @@ from __future__ import annotations
 import base64
 import logging
 import re
-import socket
 from pathlib import Path
 
 import bcrypt
 import pytest
 
 from relay.smtp import replies
+from testkit.rawsmtp import RawSMTP
 
 CORPUS = sorted((Path(__file__).parent.parent / "fixtures" / "mime").glob("*.eml"))
-REPLY_LINE = re.compile(rb"^(\d{3})([ -])")
 GOOD = b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: next client\r\n\r\nfine\r\n"
 PASSWORD = "c0rpus-Pa55"
 # Files whose refusal is a specific, documented one.
@@ -40,25 +39,9 @@ def dot_stuffed(message: bytes) -> bytes:
     return stuffed + (b".\r\n" if stuffed.endswith(b"\r\n") or not stuffed else b"\r\n.\r\n")
 
 
-class Raw:
+class Raw(RawSMTP):
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.file = self.sock.makefile("rb")
-
-    def reply(self) -> bytes:
-        while True:
-            line = self.file.readline().rstrip(b"\r\n")
-            match = REPLY_LINE.match(line)
-            if not line or match is None or match.group(2) == b" ":
-                return line
-
-    def cmd(self, data: bytes) -> bytes:
-        self.sock.sendall(data + b"\r\n")
-        return self.reply()
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+        super().__init__(port, timeout=30)
 
 
 def send(port: int, message: bytes, user: str | None) -> bytes:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
-import socket
 import struct
 from pathlib import Path
 
@@ -17,8 +15,8 @@ import bcrypt
 import pytest
 
 from relay.smtp import replies
+from testkit.rawsmtp import RawSMTP
 
-REPLY_LINE = re.compile(rb"^(\d{3})([ -])")
 MESSAGE = b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: proxied\r\n\r\nhello\r\n"
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 ALLOWED = "203.0.113.7"  # inside the test relay's allowed_networks
@@ -42,23 +40,9 @@ def v2(client: str | None, port: int = 40001) -> bytes:
     return V2_SIGNATURE + bytes([0x21, family]) + struct.pack("!H", len(body)) + body
 
 
-class Raw:
+class Raw(RawSMTP):
     def __init__(self, port: int, first: bytes = b"") -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-        self.file = self.sock.makefile("rb")
-        if first:
-            self.sock.sendall(first)
-
-    def reply(self) -> bytes:
-        while True:
-            line = self.file.readline().rstrip(b"\r\n")
-            match = REPLY_LINE.match(line)
-            if not line or match is None or match.group(2) == b" ":
-                return line
-
-    def cmd(self, data: bytes) -> bytes:
-        self.sock.sendall(data + b"\r\n")
-        return self.reply()
+        super().__init__(port, first=first)
 
     def send_message(self) -> bytes:
         assert self.cmd(b"EHLO client.test").startswith(b"250")
@@ -66,10 +50,6 @@ class Raw:
         assert self.cmd(b"RCPT TO:<bob@example.org>").startswith(b"250")
         assert self.cmd(b"DATA").startswith(b"354")
         return self.cmd(MESSAGE + b".")
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 def proxy_relay(relay_factory, fake_ses, trusted=("127.0.0.1/32",), **smtp):
