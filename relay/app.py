@@ -136,8 +136,8 @@ class Relay:
         self._listening = False
         self._store_size = 0.0
         self._tasks: set[asyncio.Task] = set()  # background loops, cancelled and awaited on stop
-        self._trace: TraceStore | None = None  # message trace (#13); None when trace.enabled is false
-        self.metrics.register_gauge_callback(  # message trace (#13)
+        self._trace: TraceStore | None = None  # None when trace.enabled is false
+        self.metrics.register_gauge_callback(
             "ses_relay_trace_store_bytes",
             "Size of the message trace store (trace.db and its WAL) on disk; 0 when disabled",
             lambda: self._trace.size_bytes if self._trace is not None else 0.0,
@@ -208,7 +208,7 @@ class Relay:
         config = self.config
         try:
             self._store = await open_store(config, serving=True)
-            self._trace = build_trace(  # message trace (#13); opened once the sender started
+            self._trace = build_trace(  # opened once the sender started
                 config.trace, config.trace_path, config.resolved_state_dir, self.metrics
             )
             guard = ReputationGuard(
@@ -226,19 +226,19 @@ class Relay:
                 guard=guard,
                 transient_suppress_after=transient.suppress_after,
                 transient_window=transient.window,
-                on_event=self._trace.on_event if self._trace is not None else None,  # message trace (#13)
+                on_event=self._trace.on_event if self._trace is not None else None,
             )
             self._direct = build_sender(config, self.metrics)
             await self._direct.start()
             self._sender = await self._start_spool(self._direct)
-            if self._trace is not None:  # message trace (#13)
+            if self._trace is not None:
                 await self._trace.open()
             handler = RelayHandler(
                 sender=self._sender,
                 store=self._store,
                 metrics=self.metrics,
                 state=self.state,
-                sinks=[LogSink(), *([self._trace] if self._trace is not None else [])],  # + trace (#13)
+                sinks=[LogSink(), *([self._trace] if self._trace is not None else [])],
                 max_recipients=config.smtp.max_recipients,
                 on_suppressed=config.suppression.on_suppressed,
                 guard=guard,
@@ -351,7 +351,7 @@ class Relay:
             max_lifetime=delivery.max_lifetime,
             bounce_from=delivery.bounce_from,
             reporting_host=config.smtp.hostname,
-            on_attempt=self._trace.on_attempt if self._trace is not None else None,  # message trace (#13)
+            on_attempt=self._trace.on_attempt if self._trace is not None else None,
         )
         spool_sender = SpoolSender(self._spool, self._delivery)
         if delivery.mode == "spool":
@@ -402,7 +402,6 @@ class Relay:
     ) -> tuple[web.AppRunner, tuple[str, int]]:
         host, port = parse_host_port(listen)
         runner = web.AppRunner(
-            # + trace (#13)
             build_app(self.metrics.registry, self._readiness, sns, trace=self._trace, role=role),
             access_log=None,
             handle_signals=False,
@@ -506,7 +505,7 @@ class Relay:
         if self._spool is not None:
             steps.append(("spool", self._spool.close()))
             self._spool = None
-        if self._trace is not None:  # message trace (#13): writes what is pending, then closes
+        if self._trace is not None:  # writes what is pending, then closes
             steps.append(("trace store", self._trace.close()))
             self._trace = None
         if self._store is not None:

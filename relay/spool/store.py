@@ -40,6 +40,7 @@ from relay.files import fsync_directory
 log = logging.getLogger("relay.spool")
 
 INLINE_MAX = 256 * 1024  # bytes; larger bodies get a file of their own
+FREE_SPACE_TTL = 1.0  # seconds a free-space reading is reused
 CHUNK_SIZE = 50  # recipients per SES call (the SESv2 SendEmail limit)
 
 QUEUED, DEFERRED, HELD, DEAD = "queued", "deferred", "held", "dead"
@@ -148,6 +149,8 @@ class SqliteSpool:
         self.directory = Path(directory)
         self.bodies = self.directory / "bodies"
         self.min_free_bytes = min_free_bytes
+        self._free = 0
+        self._free_read_at = -FREE_SPACE_TTL
         self._clock = clock
         self._db: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-db")
@@ -202,6 +205,14 @@ class SqliteSpool:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.directory).free
 
+    async def _free_bytes_recently(self) -> int:
+        """Free space, read at most once a second: a statvfs per message is a thread hop per message."""
+        now = time.monotonic()
+        if now - self._free_read_at >= FREE_SPACE_TTL:
+            self._free = await asyncio.get_running_loop().run_in_executor(None, self.free_bytes)
+            self._free_read_at = now
+        return self._free
+
     async def put(
         self,
         queue_id: str,
@@ -219,9 +230,7 @@ class SqliteSpool:
         loop = asyncio.get_running_loop()
         has_file = len(raw) > INLINE_MAX
         try:
-            if self.min_free_bytes and await loop.run_in_executor(
-                None, self.free_bytes
-            ) < self.min_free_bytes + len(raw):
+            if self.min_free_bytes and await self._free_bytes_recently() < self.min_free_bytes + len(raw):
                 raise SpoolError(
                     f"less than delivery.min_free_bytes ({self.min_free_bytes}) free in the spool"
                 )
