@@ -13,10 +13,18 @@ import types
 import typing
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from relay.addresses import AddressError, check_address
 
@@ -56,18 +64,21 @@ def is_loopback_host(host: str) -> bool:
         return False  # a host name other than localhost may resolve anywhere
 
 
+def _host_ports(value: list[str]) -> list[str]:
+    for item in value:
+        parse_host_port(item)
+    return value
+
+
+# A list of listen addresses, each HOST:PORT (IPv6 as [::1]:PORT).
+HostPorts = Annotated[list[str], AfterValidator(_host_ports)]
+
+
 class TlsConfig(_Section):
     cert: Path | None = None  # PEM certificate (chain); reloaded on SIGHUP and when it changes
     key: Path | None = None  # PEM private key
-    implicit_listen: list[str] = []  # host:port list with TLS from the first byte (port 465 style)
+    implicit_listen: HostPorts = []  # host:port list with TLS from the first byte (port 465 style)
     require_for_auth: bool = True  # false only when every smtp.listen address is loopback
-
-    @field_validator("implicit_listen")
-    @classmethod
-    def _implicit(cls, value: list[str]) -> list[str]:
-        for item in value:
-            parse_host_port(item)
-        return value
 
     @model_validator(mode="after")
     def _pair(self) -> TlsConfig:
@@ -86,7 +97,7 @@ class AuthConfig(_Section):
 
 
 class SmtpConfig(_Section):
-    listen: list[str] = ["127.0.0.1:2525"]
+    listen: HostPorts = ["127.0.0.1:2525"]
     hostname: str = "relay.local"
     max_message_size: int = Field(SES_MAX_MESSAGE_SIZE, gt=0, le=SES_MAX_MESSAGE_SIZE)
     max_recipients: int = Field(SES_MAX_RECIPIENTS, gt=0)
@@ -103,7 +114,7 @@ class SmtpConfig(_Section):
     max_header_bytes: int = Field(1024 * 1024, gt=0)  # bytes of the header section; more: 554 5.6.0
     # Listeners whose connections start with a PROXY protocol v1/v2 header, accepted only from
     # trusted_proxies (CIDR); allow-list, limits, AUTH throttling and logs then see the real client.
-    proxy_listen: list[str] = []
+    proxy_listen: HostPorts = []
     trusted_proxies: list[str] = []
     proxy_timeout: float = Field(10.0, ge=3)  # seconds to wait for the PROXY header
     command_call_limit: int = Field(1000, gt=0)  # per command per session, against command floods
@@ -120,15 +131,6 @@ class SmtpConfig(_Section):
     def _listen(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("at least one listen address is needed")
-        for item in value:
-            parse_host_port(item)
-        return value
-
-    @field_validator("proxy_listen")
-    @classmethod
-    def _proxy_listen(cls, value: list[str]) -> list[str]:
-        for item in value:
-            parse_host_port(item)
         return value
 
     @field_validator("allowed_networks", "trusted_proxies")
