@@ -1,9 +1,10 @@
 """A private Postfix instance: config, queue, data and log under one directory, smtpd on 127.0.0.1.
 
 Shared by the client tests (tests/integration/test_real_clients.py: a Postfix whose relayhost is the
-relay) and the benchmark (bench/postfix.py: a Postfix that queues every message and never delivers),
-which pass only their own main.cf settings. Standard library only, no pytest: the benchmark imports
-it, as it runs testkit/fake_ses.py.
+relay; tests/integration/test_tls_clients.py: the same over TLS and SASL, through RelayhostPostfix and
+the *_settings helpers below) and the benchmark (bench/postfix.py: a Postfix that queues every message
+and never delivers), which pass only their own main.cf settings. Standard library only, no pytest: the
+benchmark imports it, as it runs testkit/fake_ses.py.
 
 The system instance is neither used nor touched: every command gets `-c` with the private config
 directory, and main.cf points the queue, data directory and log below the root. Starting needs root
@@ -16,11 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import smtplib
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+
+from testkit.net import free_port
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 COMMAND_TIMEOUT = 60  # seconds, for each postfix/postqueue command and for master to exit on stop
@@ -176,3 +181,97 @@ class PostfixInstance:
         with contextlib.suppress(OSError):
             return self.maillog.read_text(errors="replace")
         return "(no maillog)"
+
+
+def tls_client_settings(
+    level: str, *, ca_file: Path | None = None, match: str | None = None
+) -> dict[str, str]:
+    """main.cf for the Postfix SMTP client's TLS: `level` is smtp_tls_security_level (encrypt, verify, ...).
+
+    `ca_file` (smtp_tls_CAfile) must be readable by the `postfix` user: keep it under the instance's
+    root (RelayhostPostfix.install). At verify/secure Postfix matches the certificate against the
+    relayhost by default (an IP SAN for [127.0.0.1]); `match` replaces that with a literal name.
+    Handshakes are logged (loglevel 1: "Untrusted|Verified TLS connection established to ...").
+    """
+    settings = {"smtp_tls_security_level": level, "smtp_tls_loglevel": "1"}
+    if ca_file is not None:
+        settings["smtp_tls_CAfile"] = str(ca_file)
+    if match is not None:
+        settings["smtp_tls_verify_cert_match"] = match
+        settings["smtp_tls_secure_cert_match"] = match
+    return settings
+
+
+def sasl_client_settings(nexthop: str, user: str, password: str) -> dict[str, str]:
+    """main.cf for SASL AUTH to `nexthop` (as written in relayhost, e.g. "[127.0.0.1]:2525").
+
+    The settings docs/clients.md gives. The password map is inline (no postmap, no file); Debian's
+    Cyrus client needs libsasl2-modules for PLAIN and LOGIN. `noanonymous` replaces the default
+    `noplaintext, noanonymous`, which refuses both (smtp_sasl_tls_security_options follows it).
+    """
+    return {
+        "smtp_sasl_auth_enable": "yes",
+        "smtp_sasl_password_maps": f"inline:{{ {nexthop}={user}:{password} }}",
+        "smtp_sasl_security_options": "noanonymous",
+    }
+
+
+class RelayhostPostfix(PostfixInstance):
+    """A private Postfix as a client: everything it does not deliver locally goes to relayhost 127.0.0.1:port.
+
+    Its root is made with tempfile under /tmp, not below pytest's tmp_path: Postfix's daemons run as
+    the `postfix` user and must reach the queue (pytest's base directory is mode 0700), and a short
+    root keeps the UNIX socket paths well below the 108-byte limit. `settings` (TLS, SASL, ...) are
+    added to the relayhost ones. stop() removes the root.
+    """
+
+    def __init__(self, relay_port: int, settings: Mapping[str, str] | None = None) -> None:
+        root = Path(tempfile.mkdtemp(prefix="ses-relay-pf-", dir="/tmp"))
+        root.chmod(0o755)
+        self.nexthop = f"[127.0.0.1]:{relay_port}"
+        super().__init__(root, free_port(), {
+            "multi_instance_name": f"postfix-sesrelay-{root.name}",
+            "syslog_name": f"postfix-sesrelay-{root.name}",
+            "myhostname": "postfix.test",
+            "mydomain": "postfix.test",
+            "myorigin": "$mydomain",
+            "local_transport": "error:local delivery is disabled",
+            "relayhost": self.nexthop,
+            "smtp_tls_security_level": "none",
+            "smtpd_tls_security_level": "none",
+            **(settings or {}),
+        })
+
+    def install(self, name: str, content: bytes) -> Path:
+        """A file under the root that the `postfix` user can read (a CA file, say): its path."""
+        path = self.root / "files" / name
+        path.parent.mkdir(mode=0o755, exist_ok=True)
+        path.write_bytes(content)
+        path.chmod(0o644)
+        return path
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def queue_listing(self) -> str:
+        """`postqueue -p`: "Mail queue is empty", or each message with the reason it was deferred."""
+        result = self.command("postqueue", "-p")
+        if result.returncode != 0:
+            raise PostfixError(result.stdout)
+        return result.stdout
+
+    def flush(self) -> None:
+        """`postqueue -f`: retry the deferred mail now instead of at the next retry timer."""
+        result = self.command("postqueue", "-f")
+        if result.returncode != 0:
+            raise PostfixError(result.stdout)
+
+    def submit(self, sender: str, recipients: list[str], message: bytes) -> None:
+        """Hand a message to this Postfix's smtpd (it queues it, then relays it on its own)."""
+        with smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=30) as client:
+            refused = client.sendmail(sender, recipients, message)
+        if refused:
+            raise PostfixError(f"Postfix refused {refused}")

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import smtplib
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +23,7 @@ import pytest
 from relay.ses import errors
 from relay.suppression.base import Reason, SuppressionEntry
 from testkit.fake_ses import FakeSES, Fault, RecordedRequest
-from testkit.net import free_port
-from testkit.postfix import PostfixInstance
+from testkit.postfix import RelayhostPostfix
 from testkit.tools import require_tool
 from testkit.waiting import wait_until
 
@@ -239,52 +235,8 @@ def test_phpmailer_suppressed_recipient_fails_with_550(fake_ses, relay_factory):
 
 # -------------------------------------------------------------------------------------------- Postfix
 
-class PrivatePostfix(PostfixInstance):
-    """The shared private Postfix (testkit/postfix.py) as a client: its relayhost is the relay.
-
-    Its directory is made with tempfile, not pytest's tmp_path: Postfix's daemons run as the
-    `postfix` user and must reach the queue, and pytest's base directory is mode 0700. It is short
-    too, which keeps the UNIX socket paths under the queue well below the 108-byte limit.
-    """
-
-    def __init__(self, relay_port: int) -> None:
-        root = Path(tempfile.mkdtemp(prefix="ses-relay-pf-", dir="/tmp"))
-        root.chmod(0o755)
-        super().__init__(root, free_port(), {
-            "multi_instance_name": f"postfix-sesrelay-{root.name}",
-            "syslog_name": f"postfix-sesrelay-{root.name}",
-            "myhostname": "postfix.test",
-            "mydomain": "postfix.test",
-            "myorigin": "$mydomain",
-            "local_transport": "error:local delivery is disabled",
-            "relayhost": f"[127.0.0.1]:{relay_port}",
-            "smtp_tls_security_level": "none",
-            "smtpd_tls_security_level": "none",
-        })
-
-    def stop(self) -> None:
-        try:
-            super().stop()
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def queue_listing(self) -> str:
-        result = self.command("postqueue", "-p")
-        assert result.returncode == 0, result.stdout
-        return result.stdout
-
-    def flush(self) -> None:
-        result = self.command("postqueue", "-f")
-        assert result.returncode == 0, result.stdout
-
-    def submit(self, sender: str, recipients: list[str], message: bytes) -> None:
-        with smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=30) as client:
-            refused = client.sendmail(sender, recipients, message)
-        assert refused == {}
-
-
 @pytest.fixture
-def postfix(fake_ses, relay_factory) -> Iterator[PrivatePostfix]:
+def postfix(fake_ses, relay_factory) -> Iterator[RelayhostPostfix]:
     """A private Postfix whose relayhost is a relay sending to the fake SES."""
     require_tool("postfix")
     require_tool("postqueue")
@@ -293,7 +245,7 @@ def postfix(fake_ses, relay_factory) -> Iterator[PrivatePostfix]:
             pytest.fail("the Postfix tests must run as root (they start a private Postfix instance)")
         pytest.skip("the Postfix tests need root to start a private Postfix instance")
     relay = relay_factory(fake_ses.endpoint_url)
-    instance = PrivatePostfix(relay.smtp_port)
+    instance = RelayhostPostfix(relay.smtp_port)
     try:
         instance.start()
         yield instance
@@ -312,7 +264,7 @@ POSTFIX_MESSAGE = (
 POSTFIX_RECIPIENTS = ["bob@example.org", "carol@example.net", "hidden@example.com"]  # the last: envelope only
 
 
-def wait_for_sent(fake: FakeSES, postfix: PrivatePostfix, count: int = 1) -> list[RecordedRequest]:
+def wait_for_sent(fake: FakeSES, postfix: RelayhostPostfix, count: int = 1) -> list[RecordedRequest]:
     def sent() -> bool:
         return sum(r.outcome == "ok" for r in fake.requests) >= count
 

@@ -4,7 +4,9 @@ Checked in README.md, docs/clients.md and docs/troubleshooting.md:
 - every config key (`smtp.max_recipients`, `SES_RELAY_SMTP__ALLOWED_NETWORKS`) exists in the model;
 - every reply code in the troubleshooting tables is one the relay (or aiosmtpd under it) can give,
   and every reply line the relay itself defines is in those tables;
-- every `ses-relay COMMAND [SUBCOMMAND]` exists in the CLI; every ```json block parses.
+- every `ses-relay COMMAND [SUBCOMMAND]` exists in the CLI; every ```json block parses;
+- every ```yaml block of README's "Security" section (the hardened examples) loads as check-config
+  loads a file.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 from pydantic import BaseModel
 
 from relay.cli import build_parser
-from relay.config import Config
+from relay.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", ROOT / "docs" / "clients.md", ROOT / "docs" / "troubleshooting.md"]
@@ -212,3 +214,22 @@ def test_relative_links_resolve(path):
         elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
             broken.append(target)
     assert broken == []
+
+
+def markdown_section(text: str, heading: str) -> str:
+    """The body of a `## heading` section, up to the next heading of the same level."""
+    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M)
+    assert match is not None, f"no '## {heading}' section"
+    return match[1]
+
+
+def test_security_section_yaml_examples_load_and_are_hardened(tmp_path):
+    section = markdown_section((ROOT / "README.md").read_text(), "Security")
+    blocks = re.findall(r"^```yaml\n(.*?)^```", section, flags=re.S | re.M)
+    assert len(blocks) >= 2  # the Docker network and the load balancer examples
+    for number, block in enumerate(blocks):
+        path = tmp_path / f"security-example-{number}.yaml"
+        path.write_text(block)
+        config = load_config(path, environ={})  # what `ses-relay check-config --config PATH` runs
+        # what makes them hardened: TLS on, and a client outside allowed_networks must authenticate
+        assert config.smtp.tls.cert is not None and config.smtp.auth.required, block
