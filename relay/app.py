@@ -72,6 +72,7 @@ def build_sender(config: Config, metrics: RelayMetrics) -> Sender:
         max_connections=ses.max_connections,
         min_upload_rate=ses.min_upload_rate,
         max_rate_wait=ses.max_rate_wait,
+        quota_reserve=ses.quota_reserve,
         metrics=metrics,
     )
 
@@ -162,7 +163,7 @@ class Relay:
         )
         self.metrics.register_gauge_callback(
             "ses_relay_send_rate_limit",
-            "The local send-rate limit now, in recipients/s (halved after a 429, then recovering); 0: none",
+            "The local send-rate limit now, in recipients/s (lowered after a 429, then recovering); 0: none",
             lambda: float(getattr(self._direct, "send_rate", 0.0)),
         )
         self.metrics.register_labelled_gauge_callback(

@@ -158,6 +158,10 @@ class SesConfig(_Section):
     # 451 4.4.5 at once. Each waiter holds its message in memory; 20 s is under smtp.shutdown_grace, so
     # a waiter still gets its answer in a graceful stop, and clients retry a 451 within minutes.
     max_rate_wait: float = Field(20.0, ge=0)
+    # Share of the 24-hour quota (GetAccount Max24HourSend) the spool keeps unused: below it the queue
+    # holds instead of collecting "quota exceeded" errors, and fallback queues instead of sending.
+    # 0: no such hold (and no GetAccount reads unless max_send_rate is auto).
+    quota_reserve: float = Field(0.01, ge=0, lt=1)
     dry_run: bool = False
     # Three limits on a SendEmail call, so that a big message on a slow uplink gets time, and a cut-off
     # upload (not sent, 451 4.4.1) is told apart from a missing answer (maybe sent, 451 4.4.2):

@@ -95,10 +95,9 @@ async def _sender_checks(config: Config, ses: _Ses) -> list[Check]:
     from relay.ses.client import AccountReadError, SesSender
     from relay.startup import StartupError
 
-    # As serve builds it, minus the dry run and the start-up GetAccount (doctor reads it below).
-    settings = config.model_copy(
-        update={"ses": config.ses.model_copy(update={"dry_run": False, "max_send_rate": None})}
-    )
+    # As serve builds it, minus the dry run and the GetAccount reads (doctor reads it below).
+    no_reads = {"dry_run": False, "max_send_rate": None, "quota_reserve": 0}
+    settings = config.model_copy(update={"ses": config.ses.model_copy(update=no_reads)})
     sender = build_sender(settings, RelayMetrics())
     assert isinstance(sender, SesSender)
     checks = []

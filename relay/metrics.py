@@ -78,6 +78,14 @@ class RelayMetrics:
             "away than ses.max_rate_wait",
             registry=r,
         )
+        # Read at scrape time from the SES sender (set_function); NaN until it knows the quota.
+        self.ses_quota_remaining = Gauge(
+            "ses_relay_ses_quota_remaining",
+            "Recipients left in the SES 24-hour sending quota as the relay estimates it (GetAccount "
+            "plus its own sends since); NaN: unknown or unlimited",
+            registry=r,
+        )
+        self.ses_quota_remaining.set(float("nan"))
 
         self.feedback_events = Counter(
             "ses_relay_feedback_events_total",

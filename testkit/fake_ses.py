@@ -31,7 +31,10 @@ Order of checks for each request (every request is counted in ``received`` and, 
 5. ``max_rate`` token bucket -> 429 ``TooManyRequestsException`` (one token per request, or with
    ``rate_counts="recipients"`` one per recipient, as SES counts MaxSendRate; a 429 adds 1 to
    ``throttled``);
-6. success after ``latency`` seconds (or the ``Fault.delay`` seconds instead).
+6. with ``count_quota``: the 24-hour quota -> 400 ``LimitExceededException`` when the request's
+   recipients would take ``SentLast24Hours`` past ``Max24HourSend`` (-1: unlimited);
+7. success after ``latency`` seconds (or the ``Fault.delay`` seconds instead); with ``count_quota``
+   its recipients are added to ``SentLast24Hours``, as SES counts them.
 
 Suppression-list routes (the account-level list, ``fake.suppressed``: address -> (reason, unix time)):
 
@@ -49,7 +52,8 @@ Account and setup routes (what ``ses-relay doctor`` reads; authenticated, but no
 
 * ``GET /v2/email/account`` (GetAccount): ``fake.account`` (SendingEnabled, ProductionAccessEnabled,
   EnforcementStatus, SendQuota) with ``SendQuota.MaxSendRate`` = ``fake.account_max_send_rate``
-  (``None``: 403 AccessDeniedException);
+  (``None``: 403 AccessDeniedException); ``fake.set_send_quota(...)`` changes Max24HourSend and
+  SentLast24Hours (e.g. the day rolled on);
 * ``GET /v2/email/identities/{EmailIdentity}`` (GetEmailIdentity): ``fake.add_identity(name, ...)``;
 * ``GET /v2/email/configuration-sets/{Name}`` (GetConfigurationSet) and
   ``GET /v2/email/configuration-sets/{Name}/event-destinations``
@@ -60,7 +64,7 @@ An unknown identity or configuration set is 404 ``NotFoundException``, as in SES
 CLI (for the benchmark)::
 
     python -m testkit.fake_ses --port 8025 --latency 0.05 [--max-rate 200 [--rate-counts recipients]]
-        [--account-max-send-rate 200]
+        [--account-max-send-rate 200] [--account-max-24-hour-send -1]
 
 serves in the foreground (``record=False``) until SIGTERM/SIGINT and prints one JSON line
 ``{"received": n, "sent": n}`` on stdout when it exits (with ``--max-rate``, also ``"throttled": n``).
@@ -383,6 +387,9 @@ class FakeSES:
             "DedicatedIpAutoWarmupEnabled": False,
             "SendQuota": {"Max24HourSend": 50000.0, "SentLast24Hours": 0.0},
         }
+        #: True: accepted SendEmails count their recipients into SentLast24Hours, and one that would
+        #: pass Max24HourSend is refused with LimitExceededException, as SES does.
+        self.count_quota = False
         #: GetEmailIdentity answers by lower-cased identity (see add_identity).
         self.identities: dict[str, dict[str, Any]] = {}
         #: Configuration sets by name: (GetConfigurationSet answer, event destinations).
@@ -441,6 +448,28 @@ class FakeSES:
                 raise TypeError(f"expected Fault, got {f!r}")
         with self._lock:
             self._faults.extend(faults)
+
+    def set_send_quota(
+        self, *, max_24_hour_send: float | None = None, sent_last_24_hours: float | None = None
+    ) -> None:
+        """Change GetAccount's SendQuota numbers (None: keep that one); -1 Max24HourSend: unlimited."""
+        with self._lock:
+            quota = self.account.setdefault("SendQuota", {})
+            if max_24_hour_send is not None:
+                quota["Max24HourSend"] = float(max_24_hour_send)
+            if sent_last_24_hours is not None:
+                quota["SentLast24Hours"] = float(sent_last_24_hours)
+
+    def _take_quota(self, recipients: int) -> bool:
+        """count_quota: charge `recipients` to the 24-hour quota, or False when it has no room."""
+        with self._lock:
+            quota = self.account.setdefault("SendQuota", {})
+            limit = float(quota.get("Max24HourSend", -1))
+            sent = float(quota.get("SentLast24Hours", 0))
+            if 0 <= limit < sent + recipients:
+                return False
+            quota["SentLast24Hours"] = sent + recipients
+            return True
 
     def add_identity(self, name: str, *, verified: bool = True, dkim: str = "SUCCESS") -> None:
         """An email identity (a domain, or an address with "@"), as GetEmailIdentity returns it. ``dkim``
@@ -699,6 +728,8 @@ class FakeSES:
         if self.max_rate is not None and not self._take_token(cost):
             self.throttled += 1
             return error("TooManyRequestsException", DEFAULT_MESSAGES["TooManyRequestsException"])
+        if self.count_quota and not self._take_quota(_count_destinations(body.get("Destination"))):
+            return error("LimitExceededException", DEFAULT_MESSAGES["LimitExceededException"])
         if wait > 0:
             await asyncio.sleep(wait)
 
@@ -997,6 +1028,11 @@ def main(argv: list[str] | None = None) -> int:
         "--account-max-send-rate", type=float, default=None,
         help="GetAccount's SendQuota.MaxSendRate (what max_send_rate: auto reads; default 14)",
     )
+    parser.add_argument(
+        "--account-max-24-hour-send", type=float, default=-1.0,
+        help="GetAccount's SendQuota.Max24HourSend (default -1, unlimited: a benchmark run is never held "
+        "by ses.quota_reserve)",
+    )
     parser.add_argument("--no-auth", action="store_true", help="do not require a SigV4 Authorization header")
     parser.add_argument(
         "--suppression-rate", type=float, default=1.0, help="suppression-list requests/second before 429"
@@ -1025,6 +1061,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.account_max_send_rate is not None:
         fake.account_max_send_rate = args.account_max_send_rate
+    fake.set_send_quota(max_24_hour_send=args.account_max_24_hour_send)
     port = fake.start(args.port)
     print(f"fake_ses listening on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
     try:

@@ -62,7 +62,7 @@ def serve_config(smtp_port: int, http_port: int, endpoint_url: str | None,
         "smtp": {"listen": [f"127.0.0.1:{smtp_port}"], "hostname": "relay.test"},
         "http": {"listen": f"127.0.0.1:{http_port}"},
         "ses": {"endpoint_url": endpoint_url, "region": "us-east-1", "max_send_rate": None,
-                "connect_timeout": 2, "request_timeout": 10},
+                "quota_reserve": 0, "connect_timeout": 2, "request_timeout": 10},
         "logging": {"format": "json", "level": "info"},
         # SES's verdict reaches the client; tests of the spool modes choose theirs.
         "delivery": {"mode": "direct"},

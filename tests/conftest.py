@@ -59,7 +59,8 @@ def fake_ses() -> Iterator[FakeSES]:
 
 @pytest.fixture
 def relay_config(tmp_path: Path):
-    """Build a Config for a test relay: free ports, state in tmp_path, no rate limit; `overrides` merge on top."""
+    """Build a Config for a test relay: free ports, state in tmp_path, no rate limit and no quota hold (so no
+    GetAccount read among the fake's requests); `overrides` merge on top."""
 
     def build(ses_endpoint: str | None = None, **overrides: Any) -> Config:
         base: dict[str, Any] = {
@@ -67,7 +68,7 @@ def relay_config(tmp_path: Path):
             "smtp": {"listen": ["127.0.0.1:0"], "hostname": "relay.test", "shutdown_grace": 5},
             "http": {"listen": "127.0.0.1:0"},
             "ses": {"endpoint_url": ses_endpoint, "region": "us-east-1", "max_send_rate": None,
-                    "request_timeout": 5, "connect_timeout": 2},
+                    "quota_reserve": 0, "request_timeout": 5, "connect_timeout": 2},
             "logging": {"level": "debug", "format": "json"},
             # Most tests are about SES's verdict reaching the client; the spool tests choose their mode.
             "delivery": {"mode": "direct"},

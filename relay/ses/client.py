@@ -38,7 +38,12 @@ log = logging.getLogger("relay.ses")
 SEND_EMAIL_PATH = "/v2/email/outbound-emails"
 ACCOUNT_PATH = "/v2/email/account"  # GetAccount: the account's send quota, read at start
 ACCOUNT_TIMEOUT = 15.0  # seconds; an unreachable endpoint must not stall start-up
-ACCOUNT_REFRESH_SECONDS = 600.0  # max_send_rate: auto re-reads GetAccount this often
+# GetAccount is re-read this often (max_send_rate: auto, and the 24-hour quota for ses.quota_reserve).
+# SES allows non-send calls at 1/s: one read in 10 minutes is nothing.
+ACCOUNT_REFRESH_SECONDS = 600.0
+# A hold for the quota ends this long after the next read is due, so that the read has had time to
+# answer; when it has not, the next check holds one more grace.
+QUOTA_READ_GRACE = 1.0
 CREDENTIALS_RETRY_SECONDS = 30.0
 # Request bodies larger than this are streamed, and hashed for SigV4 in a thread. It is aiohttp's
 # TOO_LARGE_BYTES_BODY: above it aiohttp warns that one bytes write may stall the event loop.
@@ -241,6 +246,62 @@ def _error_code(headers: Any, body: dict[str, Any]) -> str:
     return str(code).split(":", 1)[0].rsplit("#", 1)[-1]
 
 
+class SendQuota:
+    """SES's 24-hour sending quota as this relay estimates it: GetAccount's Max24HourSend and
+    SentLast24Hours at the last read, plus the recipients the relay sent since (SES counts recipients).
+
+    Every error is on the side of holding early, never of collecting "quota exceeded": between reads
+    the estimate only grows (SES's own count also falls as old sends leave the 24-hour window), a send
+    counts from the moment it starts, and one still in flight when GetAccount is read is added on top
+    of SES's number even if SES had counted it already.
+    """
+
+    __slots__ = ("limit", "_sent_at_read", "_counted", "_in_flight", "_counted_at_read")
+
+    def __init__(self) -> None:
+        self.limit: float | None = None  # Max24HourSend; None: unknown, or unlimited (SES says -1)
+        self._sent_at_read = 0.0
+        self._counted = 0.0  # recipients sent or being sent by this relay since it started
+        self._in_flight = 0.0  # of which SES has not answered yet
+        self._counted_at_read = 0.0
+
+    def sending(self, recipients: int) -> None:
+        self._counted += recipients
+        self._in_flight += recipients
+
+    def done(self, recipients: int, *, taken: bool) -> None:
+        """SES answered; `taken` False: it surely did not take them (given back)."""
+        self._in_flight -= recipients
+        if not taken:
+            self._counted -= recipients
+
+    def mark(self) -> float:
+        """Taken just before GetAccount is sent: the sends SES may have counted in its answer."""
+        return self._counted - self._in_flight
+
+    def update(self, send_quota: Any, mark: float) -> None:
+        """GetAccount's SendQuota, read after `mark()` returned `mark`."""
+        quota = send_quota if isinstance(send_quota, dict) else {}
+        limit = _number(quota.get("Max24HourSend"))
+        self.limit = limit if limit is not None and limit >= 0 else None
+        self._sent_at_read = _number(quota.get("SentLast24Hours")) or 0.0
+        self._counted_at_read = mark
+
+    def remaining(self) -> float | None:
+        """Recipients left in the 24 hours; None: no known limit."""
+        if self.limit is None:
+            return None
+        return self.limit - self._sent_at_read - (self._counted - self._counted_at_read)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # NaN is no number either
+
+
 class AccountReadError(RuntimeError):
     """GetAccount answered with an error: the HTTP status and SES's error code."""
 
@@ -267,7 +328,9 @@ class SesSender:
         metrics: RelayMetrics,
         min_upload_rate: float = MIN_UPLOAD_RATE,
         max_rate_wait: float | None = None,
+        quota_reserve: float = 0.0,
     ) -> None:
+        """`quota_reserve`: the share of the 24-hour quota `quota_hold` keeps unused (0: no hold)."""
         self._region_setting = region
         self._endpoint_setting = endpoint_url
         self._configuration_set = configuration_set
@@ -299,6 +362,12 @@ class SesSender:
         self._slots: asyncio.Semaphore | None = None
         self._limiter: RateLimiter | Unlimited = Unlimited()
         self._refresh_task: asyncio.Task | None = None
+        self._quota_reserve = quota_reserve
+        self._quota = SendQuota()
+        self._account_read_due = 0.0  # time.monotonic() of the next GetAccount read
+        self._account_unreadable = False  # logged once until a read succeeds again
+        self._account_read_once = False
+        metrics.ses_quota_remaining.set_function(self._quota_gauge)
         self.region = ""
         self.url = ""
         self._base_url = ""
@@ -358,42 +427,94 @@ class SesSender:
             log.info("AWS credentials from %s; SES endpoint %s", credentials.method, self.url)
 
     async def _configure_rate(self) -> None:
+        auto = self._max_send_rate == "auto"
         rate = self._max_send_rate
-        if rate == "auto":
-            rate = await self._account_send_rate()
-            # The account's rate changes (SES raises it as the account grows; a review lowers it).
-            self._refresh_task = asyncio.create_task(self._refresh_account_rate(), name="ses-account-rate")
+        if auto:
+            # Read before the first send: the limit must be there from the start.
+            rate = _send_rate(await self._read_account())
         if rate:
             self._limiter = RateLimiter(float(rate), max_wait=self._max_rate_wait)
             log.info("local send-rate limit: %s recipients/s", rate)
+        if auto or self._quota_reserve > 0:
+            # The account's numbers change: the quota as the day rolls on, the rate as SES raises it
+            # or a review lowers it. Without auto, the first quota read runs in the background.
+            self._refresh_task = asyncio.create_task(
+                self._refresh_account(read_now=not auto), name="ses-account"
+            )
 
-    async def _refresh_account_rate(self) -> None:
-        while True:
+    async def _refresh_account(self, *, read_now: bool) -> None:
+        # Read at every turn, not bound at import: a test shortens it.
+        if not read_now:
+            self._account_read_due = time.monotonic() + ACCOUNT_REFRESH_SECONDS
             await asyncio.sleep(ACCOUNT_REFRESH_SECONDS)
-            rate = await self._account_send_rate()
-            if not rate:
-                continue  # unreadable now: keep the limit we have
-            if isinstance(self._limiter, RateLimiter):
-                if rate != self._limiter.ceiling:
-                    log.info("SES send rate is now %s recipients/s", rate)
-                self._limiter.set_ceiling(rate)
-            else:
-                self._limiter = RateLimiter(rate, max_wait=self._max_rate_wait)
-                log.info("local send-rate limit: %s recipients/s", rate)
+        while True:
+            send_quota = await self._read_account()
+            self._account_read_due = time.monotonic() + ACCOUNT_REFRESH_SECONDS
+            rate = _send_rate(send_quota)
+            if rate and self._max_send_rate == "auto":
+                if isinstance(self._limiter, RateLimiter):
+                    if rate != self._limiter.ceiling:
+                        log.info("SES send rate is now %s recipients/s", rate)
+                    self._limiter.set_ceiling(rate)
+                else:
+                    self._limiter = RateLimiter(rate, max_wait=self._max_rate_wait)
+                    log.info("local send-rate limit: %s recipients/s", rate)
+            await asyncio.sleep(ACCOUNT_REFRESH_SECONDS)
 
-    async def _account_send_rate(self) -> float | None:
-        """SendQuota.MaxSendRate from SESv2 GetAccount, or None (no local limit) when it cannot be read."""
+    async def _read_account(self) -> dict[str, Any] | None:
+        """GetAccount's SendQuota (the quota estimate updated from it), or None when it cannot be read:
+        then the last numbers stay, and sending goes on. Logged once until a read succeeds again."""
         if self._credentials is None:
             return None
+        mark = self._quota.mark()
         try:
-            return float((await self.get_account())["SendQuota"]["MaxSendRate"])
-        except Exception as exc:  # noqa: BLE001 - any failure just means "no local limit"
-            log.warning(
-                "could not read the SES send rate (GetAccount: %s); no local rate limit, "
-                "throttled sends are answered 451",
-                " ".join(str(exc).split())[:200] or exc.__class__.__name__,
-            )
+            send_quota = (await self.get_account())["SendQuota"]
+            if not isinstance(send_quota, dict):
+                raise TypeError(f"SendQuota is {send_quota!r}")
+        except Exception as exc:  # noqa: BLE001 - any failure just means "keep what we know"
+            if not self._account_unreadable:
+                self._account_unreadable = True
+                if self._account_read_once:
+                    going_on = "keeping the numbers last read"
+                elif self._max_send_rate == "auto":
+                    going_on = "no local rate limit (throttled sends are answered 451) and no quota hold yet"
+                else:
+                    going_on = "no 24-hour quota hold until it can be read"
+                log.warning(
+                    "could not read the SES account (GetAccount: %s); %s",
+                    " ".join(str(exc).split())[:200] or exc.__class__.__name__,
+                    going_on,
+                    extra={"fields": {"event": "ses_account_unreadable"}},
+                )
             return None
+        if self._account_unreadable:
+            self._account_unreadable = False
+            log.info("SES GetAccount readable again")
+        self._account_read_once = True
+        self._quota.update(send_quota, mark)
+        return send_quota
+
+    # -- the 24-hour quota -----------------------------------------------------------------------
+
+    def quota_remaining(self) -> float | None:
+        """Recipients left in the 24-hour quota as estimated now; None: unknown or unlimited."""
+        return self._quota.remaining()
+
+    def quota_hold(self, recipients: int) -> float | None:
+        """None: send `recipients` now (the quota has room beyond ses.quota_reserve, or is unknown).
+        Else the seconds until GetAccount has been read again: the earliest it can show room."""
+        if self._quota_reserve <= 0:
+            return None
+        remaining = self._quota.remaining()
+        if remaining is None or self._quota.limit is None:
+            return None
+        if remaining >= recipients + self._quota_reserve * self._quota.limit:
+            return None
+        return max(0.0, self._account_read_due - time.monotonic()) + QUOTA_READ_GRACE
+
+    def _quota_gauge(self) -> float:
+        remaining = self._quota.remaining()
+        return float("nan") if remaining is None else remaining
 
     async def get_account(self) -> dict[str, Any]:
         """SESv2 GetAccount, signed like the sends (also used by `ses-relay doctor`)."""
@@ -509,9 +630,15 @@ class SesSender:
             headers = self._signed_headers(chunks, credentials)
         started = time.perf_counter()
         self._metrics.ses_in_flight.inc()
+        # Counted against the quota before the call, so that sends in flight together cannot all see
+        # the same room; given back when SES surely did not take it.
+        recipients = len(message.recipients)
+        self._quota.sending(recipients)
+        taken = True
         try:
             message_id = await self._post(chunks, len(body), headers)
         except SendError as exc:
+            taken = exc.code == errors.OUTCOME_UNKNOWN_CODE
             self._duration_error.observe(time.perf_counter() - started)
             self._metrics.ses_errors.labels(errors.metric_code(exc.code)).inc()
             if errors.is_rate_throttle(exc):
@@ -519,6 +646,7 @@ class SesSender:
             raise
         finally:
             self._metrics.ses_in_flight.dec()
+            self._quota.done(recipients, taken=taken)
         self._limiter.succeeded()
         self._duration_ok.observe(time.perf_counter() - started)
         self._metrics.messages_sent.inc()
@@ -583,6 +711,12 @@ class SesSender:
         code = _error_code(response_headers, data)
         text = str(data.get("message") or data.get("Message") or payload[:200].decode("utf-8", "replace"))
         raise errors.classify_http_error(status, code, text)
+
+
+def _send_rate(send_quota: dict[str, Any] | None) -> float | None:
+    """GetAccount's MaxSendRate; None (no local limit) when it is missing or not a rate."""
+    rate = _number((send_quota or {}).get("MaxSendRate"))
+    return rate if rate is not None and rate > 0 else None
 
 
 def _canonical_host(url: str) -> str:

@@ -50,6 +50,7 @@ class RateLimiter:
         self._sleep = sleep
         self._full_at = clock()  # when the bucket holds `capacity` tokens again; now or earlier: full
         self._raised_at = clock()
+        self._throttled_at = float("-inf")
 
     async def acquire(self, cost: float = 1) -> float:
         if cost <= 0:
@@ -74,14 +75,23 @@ class RateLimiter:
         return self._clock() - now
 
 
-    # Adapting to SES (AIMD, as TCP does): a 429 halves the rate; each second without one gives back
-    # RECOVERY of the ceiling, so a transient throttle costs seconds, not the rest of the day.
+    # Adapting to SES (AIMD, as TCP does): a 429 takes the rate down to DECREASE of itself; each
+    # second without one gives back RECOVERY of the ceiling. SES's 429 is exact ("over your rate"),
+    # not a loss that hints at congestion, and the pacing is already at the account's rate: a gentle
+    # cut costs a second or two of sending, where halving cost ten. The 429s of sends that were
+    # already in flight when the first came back say nothing new: within SETTLE they count once.
     FLOOR = 0.5  # sends/s: never slower than this
-    RECOVERY = 0.05
+    DECREASE = 0.75
+    RECOVERY = 0.10
+    SETTLE = 1.0  # seconds
 
     def throttled(self) -> None:
-        self._set_rate(max(self.FLOOR, min(self.rate, self.ceiling) / 2))
-        self._raised_at = self._clock()
+        now = self._clock()
+        if now - self._throttled_at < self.SETTLE:
+            return
+        self._throttled_at = now
+        self._set_rate(max(self.FLOOR, min(self.rate, self.ceiling) * self.DECREASE))
+        self._raised_at = now
 
     def succeeded(self) -> None:
         if self.rate >= self.ceiling:

@@ -14,6 +14,10 @@ never sent again. Outcomes (relay.ses.errors decides which is which):
   idempotency token);
 - sending paused: the whole queue waits (PAUSE_SECONDS) without burning attempts;
 - permanent (5xx): a dead letter with SES's reason.
+
+Before each chunk, a sender that knows SES's 24-hour quota (`QuotaWatcher`: SesSender) is asked
+whether the chunk fits beyond ses.quota_reserve; when it does not, the queue holds until the quota
+is read again, as it does after "daily quota exceeded", but without spending a call on SES.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from relay.backoff import Backoff
 from relay.metrics import RelayMetrics
@@ -43,6 +47,24 @@ PAUSE_SECONDS = 300.0  # after "sending paused": SES needs an operator, not a re
 DELIVERY_RESULTS = ("sent", "deferred", "dead", "expired", "paused", "quota", "throttled", "error")
 THROTTLE_RETRY_SECONDS = 1.0
 QUOTA_HOLD_SECONDS = 600.0  # after the 24-hour quota ran out: it frees up as the day rolls on
+QUOTA_RESERVE_CODE = "quota_reserve"  # held before SES was asked: the quota is nearly used
+QUOTA_NEARLY_USED = (
+    "451 4.4.5 The SES 24-hour sending quota is nearly used (ses.quota_reserve); "
+    "held until it has room again"
+)
+
+
+@runtime_checkable
+class QuotaWatcher(Protocol):
+    """A sender that knows SES's 24-hour quota (relay.ses.client.SesSender)."""
+
+    def quota_hold(self, recipients: int) -> float | None:
+        """None: `recipients` fit now; else seconds until the quota can show room again."""
+        ...
+
+    def quota_remaining(self) -> float | None:
+        """Recipients left as estimated now; None: unknown or unlimited."""
+        ...
 
 
 # (queue_id, result, chunk index or None, SES message id or None, error code or None); on the loop.
@@ -113,6 +135,8 @@ class DeliveryEngine:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._paused_until = 0.0
+        self._quota = sender if isinstance(sender, QuotaWatcher) else None
+        self._quota_holding = False  # a hold was logged; cleared (and logged) when sending resumes
         self._stopping = False
 
     def wake(self) -> None:
@@ -212,6 +236,8 @@ class DeliveryEngine:
                 if recipients is None:
                     return  # store unreadable: postponed
                 if recipients:
+                    if await self._quota_held(entry, len(recipients)):
+                        return
                     try:
                         accepted = await self._sender.send(_outgoing(entry, raw, recipients))
                     except TransientSendError as exc:
@@ -288,6 +314,42 @@ class DeliveryEngine:
                 await self._spool.record(entry.id, "suppressed", f"{address}: {suppressed.reason.value}")
         return kept
 
+    async def _quota_held(self, entry: SpoolEntry, recipients: int) -> bool:
+        """Hold the queue, before SES is asked, while the 24-hour quota has no room for the chunk."""
+        if self._quota is None:
+            return False
+        hold = self._quota.quota_hold(recipients)
+        if hold is None:
+            if self._quota_holding:
+                self._quota_holding = False
+                remaining = self._quota.quota_remaining()
+                log.info(
+                    "SES 24-hour quota has room again; delivery resumes",
+                    extra={"fields": {"event": "quota_resumed", "quota_remaining": remaining}},
+                )
+            return False
+        # Every message would wait the same way: hold the queue, spend no attempt.
+        self._paused_until = max(self._paused_until, self._clock() + hold)
+        await self._spool.postpone(entry.id, delay=hold, reason=QUOTA_NEARLY_USED)
+        # Counted and traced per message, but logged once per hold, not once per waiting message.
+        self._count("quota", entry, quiet=True, error=QUOTA_RESERVE_CODE)
+        if not self._quota_holding:
+            self._quota_holding = True
+            remaining = self._quota.quota_remaining()
+            log.warning(
+                "SES 24-hour quota nearly used (%s recipients left): the queue holds until it has room",
+                "unknown" if remaining is None else f"{remaining:.0f}",
+                extra={
+                    "fields": {
+                        "event": "quota_hold",
+                        "queue_id": entry.id,
+                        "quota_remaining": remaining,
+                        "retry_in": round(hold, 1),
+                    }
+                },
+            )
+        return True
+
     async def _transient(self, entry: SpoolEntry, exc: TransientSendError) -> None:
         if exc.code in PAUSED_CODES:
             # Hold the whole queue rather than burn every message's attempts.
@@ -320,7 +382,8 @@ class DeliveryEngine:
             possible_duplicate=unknown,
         )
 
-    def _count(self, result: str, entry: SpoolEntry, **fields: Any) -> None:
+    def _count(self, result: str, entry: SpoolEntry, *, quiet: bool = False, **fields: Any) -> None:
+        """Metric and trace for one attempt; unless `quiet`, its JSON log line too."""
         self._metrics.deliveries.labels(result).inc()
         if self._on_attempt is not None:
             try:
@@ -331,6 +394,8 @@ class DeliveryEngine:
                 log.exception("delivery attempt callback failed")
         if fields.get("possible_duplicate"):
             self._metrics.possible_duplicates.inc()
+        if quiet:
+            return
         attempt_log.info(
             "delivery attempt",
             extra={

@@ -7,7 +7,9 @@
   unreachable, a rate-limit wait past its bound, outcome unknown) spools the message instead, and
   the client gets "queued as". A message of more than one SES call (over 50 recipients) is spooled
   whole: never a 5xx after part of it was sent. If SES failed and the spool cannot take it either,
-  the client gets SES's 4xx: a 250 only for a message SES has or the disk has.
+  the client gets SES's 4xx: a 250 only for a message SES has or the disk has. While SES's 24-hour
+  quota is nearly used (ses.quota_reserve), SES is not tried at all: the message is spooled, and the
+  spool holds it until the quota has room.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ import logging
 
 from relay.config import SES_MAX_RECIPIENTS
 from relay.sending import Accepted, OutgoingMessage, Sender, TransientSendError
-from relay.spool.delivery import DeliveryEngine, outgoing_params
+from relay.spool.delivery import (
+    QUOTA_NEARLY_USED,
+    QUOTA_RESERVE_CODE,
+    DeliveryEngine,
+    QuotaWatcher,
+    outgoing_params,
+)
 from relay.spool.store import SpoolError, SqliteSpool
 from relay.transaction import new_queue_id
 
@@ -63,6 +71,7 @@ class FallbackSender:
     def __init__(self, direct: Sender, spool: SpoolSender) -> None:
         self._direct = direct
         self._spool = spool
+        self._quota = direct if isinstance(direct, QuotaWatcher) else None
 
     async def start(self) -> None:
         return None
@@ -80,6 +89,8 @@ class FallbackSender:
     async def send(self, message: OutgoingMessage) -> Accepted:
         if len(message.recipients) > SES_MAX_RECIPIENTS:
             return await self._spool.send(message)
+        if self._quota is not None and self._quota.quota_hold(len(message.recipients)) is not None:
+            return await self._queue(message, QUOTA_NEARLY_USED, QUOTA_RESERVE_CODE)
         try:
             return await self._direct.send(message)
         except TransientSendError as exc:
@@ -98,3 +109,13 @@ class FallbackSender:
                 },
             )
             return accepted
+
+    async def _queue(self, message: OutgoingMessage, reason: str, code: str) -> Accepted:
+        """Spool without trying SES. The spool's own refusal (452 4.3.1) is the answer when it cannot."""
+        accepted = await self._spool.send(message, first_error=reason)
+        log.info(
+            "not tried at SES (%s); queued",
+            code,
+            extra={"fields": {"event": "fallback_queued", "queue_id": message.queue_id, "error": code}},
+        )
+        return accepted

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from relay.ses import errors
+from relay.ses.rate import RateLimiter
 from testkit.fake_ses import SEND_EMAIL_PATH, FakeSES, Fault
 from testkit.messages import grown
 from testkit.net import free_port
@@ -342,15 +343,15 @@ def test_the_send_rate_counts_recipients_as_ses_does(fake_ses, relay_factory):
     assert relay.metric("ses_relay_rate_limiter_refusals_total") == 1
 
 
-def test_a_429_halves_the_local_send_rate(fake_ses, relay_factory):
+def test_a_429_lowers_the_local_send_rate(fake_ses, relay_factory):
     relay = relay_factory(fake_ses.endpoint_url, ses={"max_send_rate": 10})
     assert relay.metric("ses_relay_send_rate_limit") == 10
     fake_ses.queue(Fault.error("TooManyRequestsException"))
     assert send(relay.smtp_port)[0] == 451
-    assert relay.metric("ses_relay_send_rate_limit") == 5
+    assert relay.metric("ses_relay_send_rate_limit") == 10 * RateLimiter.DECREASE
     fake_ses.queue(Fault.error("LimitExceededException"))  # the daily quota: sending slower does not help
     assert send(relay.smtp_port)[0] == 451
-    assert relay.metric("ses_relay_send_rate_limit") == 5
+    assert relay.metric("ses_relay_send_rate_limit") == 10 * RateLimiter.DECREASE
 
 
 def test_send_rate_auto_follows_the_account_rate_as_it_changes(fake_ses, relay_factory, monkeypatch):

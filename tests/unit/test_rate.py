@@ -210,22 +210,26 @@ def test_a_cancelled_waiter_gives_its_turn_back(clock: VirtualClock):
     asyncio.run(scenario())
 
 
-def test_a_throttle_halves_the_rate_and_it_recovers_while_ses_accepts():
+def test_a_throttle_lowers_the_rate_once_per_settle_time_and_it_recovers_while_ses_accepts():
     clock = [100.0]
     limiter = RateLimiter(10, clock=lambda: clock[0])
     limiter.throttled()
-    assert limiter.rate == 5
-    limiter.throttled()
-    assert limiter.rate == 2.5
-    limiter.succeeded()  # no time has passed: no recovery yet
-    assert limiter.rate == 2.5
-    clock[0] += 10
-    limiter.succeeded()  # 10 s at 5 % of the ceiling per second
     assert limiter.rate == 7.5
+    limiter.throttled()  # a 429 for a send already in flight when the first came: no second cut
+    assert limiter.rate == 7.5
+    clock[0] += RateLimiter.SETTLE
+    limiter.throttled()  # a new 429 at the lower rate: the rate was still too high
+    assert limiter.rate == 7.5 * 0.75
+    limiter.succeeded()  # no time has passed: no recovery yet
+    assert limiter.rate == 7.5 * 0.75
+    clock[0] += 2
+    limiter.succeeded()  # 2 s at 10 % of the ceiling per second
+    assert limiter.rate == pytest.approx(7.5 * 0.75 + 2)
     clock[0] += 100
     limiter.succeeded()
     assert limiter.rate == 10  # never above the ceiling
-    for _ in range(20):
+    for _ in range(40):
+        clock[0] += RateLimiter.SETTLE
         limiter.throttled()
     assert limiter.rate == RateLimiter.FLOOR
 

@@ -1,4 +1,5 @@
-"""The SES client's pure parts: the SendEmail body, the error table, the time limits, and its SigV4.
+"""The SES client's pure parts: the SendEmail body, the error table, the time limits, its SigV4, and the
+24-hour quota estimate (the last against the fake SES's GetAccount).
 
 The rate limiter's tests are in test_rate.py."""
 
@@ -8,18 +9,25 @@ import asyncio
 import base64
 import datetime
 import json
+import logging
+import math
 import re
 import smtplib
+from collections.abc import Callable
 
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from relay.metrics import RelayMetrics
 from relay.sending import ListManagement, OutgoingMessage, PermanentSendError, TransientSendError
+from relay.ses import client as ses_client
 from relay.ses import errors
 from relay.ses.client import (
     SEND_EMAIL_PATH,
+    SendQuota,
+    SesSender,
     _CallPhases,
     _Request,
     _SigV4,
@@ -28,6 +36,7 @@ from relay.ses.client import (
     request_body,
     upload_time_limit,
 )
+from testkit.fake_ses import ACCOUNT_PATH, Fault
 from testkit.sigv4 import botocore_signature, botocore_signed_headers, parse_authorization
 
 RAW = (
@@ -450,3 +459,142 @@ def test_request_body_chunks_equal_the_joined_body():
         assert b"".join(body.chunks()) == joined
         assert len(body) == len(joined)
         assert json.loads(joined)["Content"]["Raw"]["Data"] == base64.b64encode(raw).decode()
+
+
+# -- the 24-hour quota --------------------------------------------------------------------------
+
+
+def test_quota_estimate_adds_the_relays_own_sends_between_reads():
+    quota = SendQuota()
+    assert quota.remaining() is None  # never read: no known limit
+    quota.update({"Max24HourSend": 100.0, "SentLast24Hours": 40.0, "MaxSendRate": 14.0}, quota.mark())
+    assert quota.remaining() == 60
+    quota.sending(10)
+    assert quota.remaining() == 50  # counted from the start of the call, not from SES's answer
+    quota.done(10, taken=True)
+    quota.sending(5)
+    quota.done(5, taken=False)  # SES surely did not take them: given back
+    assert quota.remaining() == 50
+    # Read while 3 are in flight: SES's 52 may not include them yet, so they stay counted on top.
+    quota.sending(3)
+    mark = quota.mark()
+    quota.update({"Max24HourSend": 100.0, "SentLast24Hours": 52.0}, mark)
+    assert quota.remaining() == 45
+    quota.done(3, taken=True)
+    quota.sending(2)  # after the read: on top of SES's number
+    quota.done(2, taken=True)
+    assert quota.remaining() == 43
+
+
+@pytest.mark.parametrize("send_quota", [
+    {"Max24HourSend": -1.0, "SentLast24Hours": 1e6},  # SES's "unlimited"
+    {"SentLast24Hours": 10.0},
+    {"Max24HourSend": "many", "SentLast24Hours": 0},
+    {"Max24HourSend": None},
+    {"Max24HourSend": float("nan")},
+    None,
+])
+def test_an_unlimited_or_unreadable_quota_is_no_limit(send_quota):
+    quota = SendQuota()
+    quota.update({"Max24HourSend": 10.0, "SentLast24Hours": 0.0}, quota.mark())
+    quota.update(send_quota, quota.mark())
+    quota.sending(1000)
+    assert quota.remaining() is None
+
+
+def quota_sender(fake, metrics: RelayMetrics, reserve: float) -> SesSender:
+    return SesSender(region="us-east-1", endpoint_url=fake.endpoint_url, configuration_set=None, tags={},
+                     max_send_rate="auto", connect_timeout=2, request_timeout=5, max_connections=4,
+                     metrics=metrics, quota_reserve=reserve)
+
+
+def recipients(n: int) -> list[str]:
+    return [f"user{i}@example.org" for i in range(n)]
+
+
+async def eventually(predicate: Callable[[], object]) -> None:
+    """wait_until for a test running on the event loop it waits for: polled, at most 10 s."""
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met within 10 s: {predicate!r}")
+
+
+def test_sender_holds_at_the_reserve_counting_what_it_sent(fake_ses):
+    fake_ses.set_send_quota(max_24_hour_send=20, sent_last_24_hours=10)  # 10 left; reserve 10 % = 2
+    metrics = RelayMetrics()
+
+    async def scenario() -> None:
+        sender = quota_sender(fake_ses, metrics, 0.1)
+        await sender.start()  # max_send_rate: auto reads GetAccount before the first send
+        try:
+            assert sender.quota_remaining() == 10
+            assert sender.quota_hold(8) is None  # 8 + 2 fit
+            assert sender.quota_hold(9) is not None
+            await sender.send(message(recipients=recipients(5)))
+            fake_ses.queue(Fault.error("MessageRejected"))
+            with pytest.raises(PermanentSendError):
+                await sender.send(message(recipients=recipients(3)))
+            assert sender.quota_remaining() == 5  # the refused 3 given back
+            assert metrics.registry.get_sample_value("ses_relay_ses_quota_remaining") == 5
+            assert sender.quota_hold(3) is None
+            hold = sender.quota_hold(4)
+            assert hold is not None
+            assert 0 < hold <= ses_client.ACCOUNT_REFRESH_SECONDS + ses_client.QUOTA_READ_GRACE
+        finally:
+            await sender.close()
+
+    asyncio.run(scenario())
+
+
+def test_reserve_zero_never_holds_and_an_unlimited_quota_reads_as_nan(fake_ses):
+    metrics = RelayMetrics()
+
+    async def scenario() -> None:
+        fake_ses.set_send_quota(max_24_hour_send=5, sent_last_24_hours=5)
+        sender = quota_sender(fake_ses, metrics, 0.0)
+        await sender.start()
+        try:
+            assert sender.quota_remaining() == 0 and sender.quota_hold(1) is None
+        finally:
+            await sender.close()
+        fake_ses.set_send_quota(max_24_hour_send=-1)
+        sender = quota_sender(fake_ses, metrics, 0.5)
+        await sender.start()
+        try:
+            assert sender.quota_remaining() is None and sender.quota_hold(50) is None
+            assert math.isnan(metrics.registry.get_sample_value("ses_relay_ses_quota_remaining"))
+        finally:
+            await sender.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_unreadable_getaccount_keeps_the_last_quota_and_logs_once(fake_ses, monkeypatch, caplog):
+    monkeypatch.setattr(ses_client, "ACCOUNT_REFRESH_SECONDS", 0.05)
+    fake_ses.set_send_quota(max_24_hour_send=20, sent_last_24_hours=19)
+
+    def account_reads(outcome: str) -> int:
+        return sum(1 for r in fake_ses.requests if r.path == ACCOUNT_PATH and r.outcome == outcome)
+
+    async def scenario() -> None:
+        sender = quota_sender(fake_ses, RelayMetrics(), 0.01)
+        await sender.start()
+        try:
+            assert sender.quota_remaining() == 1
+            fake_ses.account_max_send_rate = None  # GetAccount: 403 from now on
+            await eventually(lambda: account_reads("AccessDeniedException") >= 3)
+            assert sender.quota_remaining() == 1 and sender.quota_hold(1) is not None
+            await sender.send(message(recipients=recipients(1)))  # never blocked by the quota itself
+            fake_ses.account_max_send_rate = 14.0
+            fake_ses.set_send_quota(sent_last_24_hours=0)  # readable again, the day rolled on
+            await eventually(lambda: sender.quota_remaining() == 20)
+            assert sender.quota_hold(1) is None
+        finally:
+            await sender.close()
+
+    with caplog.at_level(logging.WARNING, logger="relay.ses"):
+        asyncio.run(scenario())
+    unreadable = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "ses_account_unreadable"]
+    assert len(unreadable) == 1
