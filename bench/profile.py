@@ -1,6 +1,6 @@
 """Where the relay's CPU goes under load: py-spy samples a relay (fake SES 0 ms) under smtp-source load.
 
-    python -m bench.profile [--sessions 10] [--seconds 20] [--uvloop] [--keepalive]
+    python -m bench.profile [--sessions 10] [--seconds 20] [--uvloop] [--keepalive] [--mode spool]
 
 Prints the top functions by inclusive and self share of the relay's samples, and the share of a few
 buckets (aiosmtpd protocol, handler, SigV4, aiohttp client, logging, metrics, sqlite hop, ...).
@@ -28,6 +28,8 @@ BUCKETS = [  # (bucket, regex on "function (file)" frames); first match from the
         "aiohttp client (request/response)",
         r"aiohttp/(client|client_reqrep|connector|http_writer|client_proto|helpers|streams|http_parser|multipart|payload|_websocket|tracing|cookiejar)",
     ),
+    ("spool (store, delivery, sqlite)", r"relay/spool/"),
+    ("message trace", r"relay/trace/"),
     ("logging", r"logging/|relay/logs\.py"),
     ("metrics (prometheus_client)", r"prometheus_client/"),
     ("sqlite lookup (worker thread + hop)", r"relay/suppression/sqlite\.py|concurrent/futures|threading\.py"),
@@ -91,12 +93,14 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--latency", type=float, default=0.0, help="fake SES answer delay, seconds")
     parser.add_argument("--raw-out", type=Path, default=None)
+    parser.add_argument("--mode", choices=("direct", "spool", "fallback"), default="direct",
+                        help="delivery.mode of the profiled relay")
     args = parser.parse_args()
     if not shutil.which("py-spy"):
         print("py-spy not found: pip install py-spy", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="ses-relay-profile-"))
-    relay = RelaySystem("relay-profile", workdir, latency=args.latency, uvloop=args.uvloop)
+    relay = RelaySystem("relay-profile", workdir, latency=args.latency, uvloop=args.uvloop, mode=args.mode)
     relay.start()
     raw = args.raw_out or workdir / "stacks.txt"
     try:

@@ -135,11 +135,13 @@ class RelaySystem(System):
         ses: dict | None = None,
         delivery: dict | None = None,
         fake_args: list[str] | None = None,
+        trace: bool = True,
     ) -> None:
         """`source`: another checkout of the relay to run (e.g. a patched copy), `env`: extra variables,
         `suppression_cache`: False sets suppression.cache_entries to 0 (every RCPT reads sqlite, as
         every recipient would if each message went to a new address). `mode`: delivery.mode; `ses`,
-        `delivery`: more keys for those sections; `fake_args`: options for its fake SES. A relay in
+        `delivery`: more keys for those sections; `fake_args`: options for its fake SES; `trace`:
+        trace.enabled (on by default, as in the relay). A relay in
         `spool` or `fallback` mode runs under bench.spool_probe, so `spool_stats()` can read its
         group-commit counters."""
         self.name = name
@@ -157,6 +159,7 @@ class RelaySystem(System):
         self.log_level = log_level
         self.uvloop = uvloop
         self.suppression_cache = suppression_cache
+        self.trace = trace
         self.proc: subprocess.Popen | None = None
         self.stderr_log = self.dir / "relay.log"
         self.config_path = self.dir / "config.yaml"
@@ -178,6 +181,7 @@ class RelaySystem(System):
             "delivery": {"mode": self.mode, **self.delivery_extra},
             "suppression": {"backend": "sqlite", **({} if self.suppression_cache else {"cache_entries": 0})},
             "http": {"listen": f"127.0.0.1:{self.http_port}"},
+            "trace": {"enabled": self.trace},
             "logging": {"level": self.log_level, "format": "json"},
             "state_dir": str(self.dir / "state"),
             # Explicit, so the relay runs on the same loop as its baseline (auto would pick uvloop

@@ -18,6 +18,7 @@ from aiohttp import web
 from relay import notify
 from relay.backoff import Backoff
 from relay.config import Config, parse_host_port
+from relay.console.routes import ConsoleSources
 from relay.dryrun import DryRunSender
 from relay.feedback.processor import FeedbackProcessor
 from relay.guard import ReputationGuard
@@ -28,7 +29,7 @@ from relay.ses.client import SesSender
 from relay.smtp.auth import Authenticator, load_users
 from relay.smtp.budget import MemoryBudget
 from relay.smtp.handler import RelayHandler
-from relay.smtp.policy import ConnectionPolicy
+from relay.smtp.policy import ConnectionPolicy, parse_networks
 from relay.smtp.proxy import TrustedProxies
 from relay.smtp.server import SmtpServer
 from relay.smtp.state import ServerState
@@ -403,7 +404,15 @@ class Relay:
     ) -> tuple[web.AppRunner, tuple[str, int]]:
         host, port = parse_host_port(listen)
         runner = web.AppRunner(
-            build_app(self.metrics.registry, self._readiness, sns, trace=self._trace, role=role),
+            build_app(
+                self.metrics.registry,
+                self._readiness,
+                sns,
+                trace=self._trace,
+                role=role,
+                console=self._console_sources() if self.config.http.console else None,
+                admin_networks=parse_networks(self.config.http.admin_allowed_networks),
+            ),
             access_log=None,
             handle_signals=False,
         )
@@ -416,6 +425,12 @@ class Relay:
             raise StartupError(f"cannot listen for HTTP on {listen}: {exc.strerror or exc}") from None
         bound = runner.addresses[0]  # the real port when the config says 0
         return runner, (bound[0], bound[1])
+
+    def _console_sources(self) -> ConsoleSources:
+        # Getters: the console reads whatever part is open at the time of each request.
+        return ConsoleSources(
+            trace=lambda: self._trace, spool=lambda: self._spool, suppression=lambda: self._store
+        )
 
     def _spool_readiness(self) -> tuple[bool, str]:
         if self._spool is None:

@@ -283,12 +283,24 @@ class HttpConfig(_Section):
     listen: str | None = "127.0.0.1:9025"  # every route (/sns only when public_listen is null); null: none
     # The internet-facing side: only /sns and /healthz. When set, /sns is served only here.
     public_listen: str | None = None
+    # The read-only web console at /console (message trace, queue, suppression list, rates).
+    console: bool = False
+    # Who may reach /console and /api/ (they name recipients and subjects); 403 for anyone else.
+    # /metrics, /readyz and /healthz are not affected.
+    admin_allowed_networks: list[str] = ["127.0.0.0/8", "::1/128"]
 
     @field_validator("listen", "public_listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
         if value is not None:
             parse_host_port(value)
+        return value
+
+    @field_validator("admin_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
         return value
 
 

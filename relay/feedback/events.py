@@ -281,5 +281,16 @@ def parse_ses_notification(payload: str | bytes | dict[str, Any]) -> FeedbackEve
             message_id=message_id,
             timestamp=timestamp,
         )
-    # Send, Reject, Open, Click, ...: counted only.
+    if kind in ("Open", "Click", "Reject"):
+        # For the trace: what was clicked, with what, or why SES refused the mail. The reader's IP
+        # address is left out (personal data the relay has no use for).
+        part = _object(payload, kind.lower(), kind.lower()) or {}
+        if kind == "Click":
+            detail = _string(part, "link", "click.link") or ""
+        elif kind == "Open":
+            detail = _string(part, "userAgent", "open.userAgent") or ""
+        else:
+            detail = _string(part, "reason", "reject.reason") or ""
+        return FeedbackEvent(type=kind, detail=detail[:500], message_id=message_id, timestamp=timestamp)
+    # Send, Rendering Failure, Subscription, ...: counted only.
     return FeedbackEvent(type=kind, message_id=message_id, timestamp=timestamp)

@@ -78,7 +78,69 @@ def search(
     found = [_timeline(db, row) for row in rows]
     if not found:
         found.extend(_unknown(db, bare, since))
+    if not found and "@" in bare:
+        for (ses_message_id,) in db.execute(_UNMATCHED_TO, (params["rcpt"], limit)).fetchall():
+            found.extend(_unknown(db, ses_message_id, since))
     return found
+
+
+# SES ids of events that matched no message and name this recipient (a full pass over the unmatched
+# events: bounded by the retention, and only when no message of this relay matched).
+_UNMATCHED_TO = """
+SELECT ses_message_id FROM steps
+WHERE queue_id IS NULL AND ses_message_id IS NOT NULL
+  AND EXISTS (SELECT 1 FROM json_each(detail, '$.recipients') WHERE lower(value) = ?)
+GROUP BY ses_message_id ORDER BY MAX(at) DESC LIMIT ?
+"""
+
+
+def recent(db: sqlite3.Connection, hasher: Hasher | None, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest messages' timelines (the web console's front list)."""
+    rows = db.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY received_at DESC LIMIT ?", (limit,)  # noqa: S608
+    ).fetchall()
+    return [_timeline(db, row) for row in rows]
+
+
+# Recipients SES accepted, by the hour they were sent: a direct (or fallback) send at its SMTP
+# transaction, a spooled message at its first successful attempt.
+_SENT_BY_HOUR = """
+SELECT CAST(at / 3600 AS INTEGER), SUM(n) FROM (
+    SELECT received_at AS at, recipients AS n FROM messages WHERE outcome = 'sent' AND received_at >= :start
+    UNION ALL
+    SELECT MIN(s.at), m.recipients FROM steps s JOIN messages m ON m.queue_id = s.queue_id
+    WHERE s.kind = 'attempt' AND json_extract(s.detail, '$.result') = 'sent' AND s.at >= :start
+      AND m.outcome = 'queued'
+    GROUP BY s.queue_id
+) GROUP BY 1
+"""
+# Feedback recipients by the hour the relay heard of them. Only permanent bounces count towards
+# SES's bounce rate; a transient one is a delay.
+_FEEDBACK_BY_HOUR = """
+SELECT CAST(at / 3600 AS INTEGER), SUM(json_array_length(detail, '$.recipients')) FROM steps
+WHERE kind = 'feedback' AND at >= :start AND json_extract(detail, '$.type') = :type
+  AND (:type != 'Bounce' OR json_extract(detail, '$.subtype') LIKE 'Permanent%')
+GROUP BY 1
+"""
+
+
+def hourly(db: sqlite3.Connection, hasher: Hasher | None, hours: int, now: float) -> list[dict[str, Any]]:
+    """Recipients sent, bounced (permanently) and complained about, per hour for the last `hours`
+    hours, oldest first; the last hour is the one in progress."""
+    first = int(now // 3600) - hours + 1
+    counts: dict[int, dict[str, int]] = {
+        hour: {"sent": 0, "bounced": 0, "complained": 0} for hour in range(first, first + hours)
+    }
+    series: list[tuple[str, str, dict[str, Any]]] = [
+        ("sent", _SENT_BY_HOUR, {"start": first * 3600}),
+        ("bounced", _FEEDBACK_BY_HOUR, {"start": first * 3600, "type": "Bounce"}),
+        ("complained", _FEEDBACK_BY_HOUR, {"start": first * 3600, "type": "Complaint"}),
+    ]
+    for name, sql, params in series:
+        for hour, number in db.execute(sql, params):
+            if hour in counts:
+                counts[hour][name] = int(number or 0)
+    return [{"hour": iso(hour * 3600), **numbers} for hour, numbers in counts.items()]
 
 
 def timeline(db: sqlite3.Connection, hasher: Hasher | None, queue_id: str) -> dict[str, Any] | None:

@@ -261,11 +261,30 @@ class TraceStore:
             "source": source,
             "mail_timestamp": event.timestamp,  # when SES took the mail, not when the event happened
         }
+        if self._seen(db, event.message_id, detail):
+            return 0
         db.execute(
             "INSERT INTO steps (queue_id, ses_message_id, at, kind, detail, matched) VALUES (?,?,?,?,?,?)",
             (queue_id, event.message_id, at, "feedback", json.dumps(detail), int(queue_id is not None)),
         )
         return int(queue_id is None)
+
+    @staticmethod
+    def _seen(db: sqlite3.Connection, ses_message_id: str | None, detail: dict[str, Any]) -> bool:
+        """The same SES event already in the trace: SNS and SQS deliver at least once, and an SNS
+        topic with both an HTTPS and an SQS subscription delivers each event by both. Opens and
+        clicks carry nothing that tells a repeat from a second open, so each one is kept."""
+        if not ses_message_id or detail["type"] in ("Open", "Click"):
+            return False
+        same = {k: v for k, v in detail.items() if k != "source"}
+        for (text,) in db.execute(
+            "SELECT detail FROM steps WHERE ses_message_id = ? AND kind = 'feedback'", (ses_message_id,)
+        ):
+            earlier = json.loads(text)
+            earlier.pop("source", None)
+            if earlier == same:
+                return True
+        return False
 
     def _prune_sync(self) -> None:
         """Retention: messages older than retention_days, then the oldest past max_rows, with
@@ -332,6 +351,12 @@ class TraceStore:
 
     async def timeline(self, queue_id: str) -> dict[str, Any] | None:
         return await self._query(query.timeline, queue_id)
+
+    async def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        return await self._query(query.recent, limit)
+
+    async def hourly(self, hours: int) -> list[dict[str, Any]]:
+        return await self._query(query.hourly, hours, self._clock())
 
     async def _query(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._executor is None:

@@ -68,6 +68,19 @@ def test_counted_only_events(name, kind):
     assert not event.suppresses and not event.is_transient_bounce
 
 
+@pytest.mark.parametrize("name,kind,detail", [
+    ("open_event.json", "Open", "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"),
+    ("click_event.json", "Click", "https://shop.example.com/orders/42"),
+    ("reject_event.json", "Reject", "Bad content"),
+])
+def test_open_click_and_reject_keep_their_detail_for_the_trace_and_suppress_nothing(name, kind, detail):
+    event = parse_ses_notification(load(name))
+    assert (event.type, event.detail, event.recipients) == (kind, detail, ())
+    assert event.message_id == "0100017a1e0b5bb7-34343434-000000"
+    assert "192.0.2.1" not in repr(event)  # the reader's address is not kept
+    assert not event.suppresses and not event.is_transient_bounce
+
+
 @pytest.mark.parametrize("payload", ["", "[]", "{}", '{"notificationType": "Bounce"}', '{"eventType": 5}',
                                      '{"notificationType": "Complaint", "complaint": []}', "not json"])
 def test_malformed_payloads_raise_format_error(payload):
@@ -124,6 +137,9 @@ TEMPLATES = {
     "Delivery": load("delivery_notification.json"),
     "DeliveryDelay": load("delivery_delay_event.json"),
     "Send": load("send_event.json"),
+    "Open": load("open_event.json"),
+    "Click": load("click_event.json"),
+    "Reject": load("reject_event.json"),
 }
 COMMON_PATHS = [("mail",), ("mail", "messageId"), ("mail", "timestamp"), ("notificationType",), ("eventType",)]
 FIELD_PATHS = {
@@ -138,6 +154,9 @@ FIELD_PATHS = {
                       ("deliveryDelay", "delayedRecipients", 0),
                       ("deliveryDelay", "delayedRecipients", 0, "emailAddress"), ("deliveryDelay", "delayType")],
     "Send": [("send",)],
+    "Open": [("open",), ("open", "userAgent")],
+    "Click": [("click",), ("click", "link")],
+    "Reject": [("reject",), ("reject", "reason")],
 }
 
 

@@ -183,3 +183,59 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         query.parse_duration(text)
+
+
+def test_open_and_click_events_join_the_timeline_with_their_detail(tmp_path):
+    from relay.feedback.events import parse_ses_notification
+
+    fixtures = Path(__file__).parent.parent / "fixtures" / "ses"
+    clock = Clock()
+
+    async def action(store: TraceStore):
+        store.record(record("q1", at=clock.now, ses_id="0100017a1e0b5bb7-34343434-000000"))
+        for name in ("open_event.json", "click_event.json"):
+            store.on_event(parse_ses_notification((fixtures / name).read_text()), "sqs")
+        await store.flush()
+        return await store.timeline("q1")
+
+    q1 = run(with_store(tmp_path / "trace.db", action, clock=clock))
+    steps = {s["step"]: s for s in q1["steps"]}
+    assert steps["Click"]["detail"] == "https://shop.example.com/orders/42" and steps["Click"]["matched"]
+    assert steps["Open"]["detail"].startswith("Mozilla/5.0")
+    assert q1["state"] == "sent"  # an open or a click says nothing about delivery
+
+
+def test_an_event_delivered_twice_or_by_both_sns_and_sqs_shows_once(tmp_path):
+    clock = Clock()
+    bounce = FeedbackEvent("Bounce", "Permanent/General", ("bob@example.org",), feedback_id="fb-1",
+                           message_id="ses-1", detail="smtp; 550")
+
+    async def action(store: TraceStore):
+        store.record(record("q1", at=clock.now))
+        store.on_event(bounce, "sqs")
+        await store.flush()
+        store.on_event(bounce, "sqs")  # an SQS redelivery
+        store.on_event(bounce, "sns")  # the same event through the webhook
+        store.on_event(FeedbackEvent("Bounce", "Permanent/General", ("bob@example.org",), feedback_id="fb-2",
+                                     message_id="ses-1", detail="smtp; 550"), "sqs")  # a second bounce
+        await store.flush()
+        return await store.timeline("q1")
+
+    q1 = run(with_store(tmp_path / "trace.db", action, clock=clock))
+    assert [(s["step"], s["feedback_id"]) for s in q1["steps"][1:]] == [("Bounce", "fb-1"), ("Bounce", "fb-2")]
+
+
+@pytest.mark.parametrize("hashed", [False, True])
+def test_an_event_for_a_message_the_relay_never_sent_is_found_by_its_recipient(tmp_path, hashed):
+    clock = Clock()
+    hasher = Hasher(b"k" * 32) if hashed else None
+
+    async def action(store: TraceStore):
+        store.on_event(FeedbackEvent("Bounce", "Permanent/General", ("Stranger@Example.net",),
+                                     message_id="ses-elsewhere"), "sqs")
+        await store.flush()
+        return await store.search("stranger@example.net"), await store.search("nobody@example.net")
+
+    found, nothing = run(with_store(tmp_path / "trace.db", action, clock=clock, hasher=hasher))
+    assert [(m["known"], m["ses_message_ids"][0]["ses_message_id"]) for m in found] == [(False, "ses-elsewhere")]
+    assert nothing == []
