@@ -27,7 +27,6 @@ MEMORY_BUDGET_SPENT = (
 # Security (TLS, AUTH, sender authorisation, smuggling)
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
-AUTH_ABORTED = "501 5.7.0 Authentication aborted"
 AUTH_BAD_BASE64 = "501 5.5.2 Cannot decode base64"
 AUTH_BAD_PLAIN = "501 5.5.2 Cannot split AUTH PLAIN value (authzid NUL user NUL password)"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"

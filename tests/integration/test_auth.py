@@ -93,6 +93,16 @@ def test_outside_client_must_authenticate_then_sends(fake_ses, relay_factory, tm
     assert relay.metric("ses_relay_smtp_auth_total", {"result": "ok"}) == 2
 
 
+def test_a_cancelled_auth_is_501_and_the_session_goes_on(fake_ses, relay_factory, tmp_path):
+    relay = auth_relay(relay_factory, fake_ses, tmp_path)
+    with tls_client(relay.smtp_port) as client:
+        assert client.docmd("AUTH", "LOGIN")[0] == 334
+        assert client.docmd("*") == (501, b"5.7.0 Auth aborted")  # RFC 4954 4: "*" cancels
+        assert client.login("alice", PASSWORD)[0] == 235
+        client.sendmail("alice@example.com", ["bob@example.org"], MESSAGE)
+    assert len(fake_ses.message_ids) == 1
+
+
 def test_without_auth_required_an_outside_client_is_refused_at_connect(fake_ses, relay_factory, tmp_path):
     relay = auth_relay(relay_factory, fake_ses, tmp_path, required=False)
     with pytest.raises(smtplib.SMTPConnectError) as refused:

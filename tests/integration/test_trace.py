@@ -138,6 +138,34 @@ def test_direct_send_bounce_by_sqs_delivery_by_sns_found_by_every_query(feedback
     assert relay.metric("ses_relay_trace_store_bytes") > 0
 
 
+def test_complaint_by_signed_sns_and_by_sqs_shows_once_and_makes_the_message_complained(feedback_relay, tmp_path):
+    relay, sqs, queue_url, fake_sns = feedback_relay()
+    code, _ = send(relay, ["angry@example.org"], message_id="<complaint-1@client.test>")
+    assert code == 250
+    wait_until(lambda: api_search(relay, "<complaint-1@client.test>"), message="the message reached the trace")
+    [message] = api_search(relay, "<complaint-1@client.test>")
+    ses_id = message["ses_message_ids"][0]["ses_message_id"]
+
+    complaint = ses_event("complaint_notification.json", ses_id)
+    notification = fake_sns.notification(complaint)
+    assert post_sns(relay, notification) == 200
+    # The same event again through SQS (one topic feeding both): one step, not two.
+    sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(fake_sns.notification(complaint)))
+    wait_until(lambda: relay.metric("ses_relay_feedback_events_total", {"type": "Complaint", "subtype": "abuse", "source": "sqs"})
+               >= 1, timeout=20, message="the SQS copy of the complaint was read")
+    wait_until(lambda: any(step["step"] == "Complaint" for step in api_search(relay, ses_id)[0]["steps"]),
+               timeout=10, message="the complaint reached the trace")
+    relay.call(relay.relay._trace.flush())  # the SQS copy, read after it, is written too
+
+    result = cli_trace(tmp_path, relay, "angry@example.org", "--json")
+    assert result.returncode == 0, result.stderr
+    [found] = json.loads(result.stdout)["messages"]
+    complaints = [step for step in found["steps"] if step["step"] == "Complaint"]
+    assert len(complaints) == 1 and complaints[0]["source"] == "sns"
+    assert complaints[0]["subtype"] == "abuse" and complaints[0]["recipients"] == ["angry@example.org"]
+    assert found["state"] == "complained"
+
+
 def test_spooled_message_shows_queued_attempt_and_ses_id(feedback_relay, tmp_path):
     relay, *_ = feedback_relay(delivery={"mode": "spool"})
     code, reply = send(relay, ["carol@example.org"], message_id="<spooled@client.test>")

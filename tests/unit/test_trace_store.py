@@ -239,3 +239,34 @@ def test_an_event_for_a_message_the_relay_never_sent_is_found_by_its_recipient(t
     found, nothing = run(with_store(tmp_path / "trace.db", action, clock=clock, hasher=hasher))
     assert [(m["known"], m["ses_message_ids"][0]["ses_message_id"]) for m in found] == [(False, "ses-elsewhere")]
     assert nothing == []
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from relay.trace.store import decode_subject  # noqa: E402
+
+
+@given(st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=120), st.sampled_from(["utf-8", "iso-8859-1", "utf-16"]),
+       st.sampled_from(["b", "q"]))
+def test_decode_subject_reads_back_what_the_email_package_encodes(text, charset, encoding):
+    import email.charset
+    import email.header
+
+    try:
+        text.encode(charset)
+    except UnicodeEncodeError:
+        return
+    cs = email.charset.Charset(charset)
+    cs.header_encoding = email.charset.BASE64 if encoding == "b" else email.charset.QP
+    encoded = email.header.Header(text, cs, maxlinelen=76).encode()  # folded over several words
+    assert decode_subject(encoded.encode()) == str(email.header.make_header(email.header.decode_header(encoded)))
+
+
+def test_decode_subject_keeps_plain_text_broken_words_and_the_spaces_between_text_and_words():
+    assert decode_subject(b"Invoice 42") == "Invoice 42"
+    assert decode_subject(b"Re: =?utf-8?q?Caf=C3=A9?= order") == "Re: Café order"
+    assert decode_subject(b"=?utf-8?b?Q2Fm?=\r\n =?utf-8?b?w6k=?=") == "Café"  # folded, gap dropped
+    assert decode_subject(b"=?x-unknown?q?abc?= tail") == "=?x-unknown?q?abc?= tail"
+    assert decode_subject(b"=?utf-8?b?***?=") == "=?utf-8?b?***?="
+    assert decode_subject("caf\xe9".encode("latin-1")) == "caf\ufffd"
