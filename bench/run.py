@@ -700,6 +700,9 @@ def summarise(data: dict) -> dict:
     extra_ratios["relay-spool no delivery ÷ postfix, c10"] = paired(
         ("relay-spool-no-delivery", 10), ("postfix", 10)
     )
+    # The ceiling for anything built on aiosmtpd: its bare server, doing nothing with the message.
+    extra_ratios["bare aiosmtpd ÷ postfix, c10"] = paired(("bare-aiosmtpd", 10), ("postfix", 10))
+    extra_ratios["bare aiosmtpd uvloop ÷ postfix, c10"] = paired(("bare-aiosmtpd-uvloop", 10), ("postfix", 10))
     extra_ratios["relay-spool ÷ postfix, c1"] = paired(("relay-spool", 1), ("postfix", 1))
     extra_ratios["relay-spool ÷ postfix, c50"] = paired(("relay-spool", 50), ("postfix", 50))
     extra_ratios = {k: v for k, v in extra_ratios.items() if v["n"]}
