@@ -24,7 +24,7 @@ from relay.ses import errors
 from relay.suppression.base import Reason, SuppressionEntry
 from testkit.fake_ses import FakeSES, Fault, RecordedRequest
 from testkit.postfix import RelayhostPostfix
-from testkit.tools import require_tool
+from testkit.tools import require_private_postfix, require_tool
 from testkit.waiting import wait_until
 
 pytestmark = pytest.mark.client
@@ -238,12 +238,7 @@ def test_phpmailer_suppressed_recipient_fails_with_550(fake_ses, relay_factory):
 @pytest.fixture
 def postfix(fake_ses, relay_factory) -> Iterator[RelayhostPostfix]:
     """A private Postfix whose relayhost is a relay sending to the fake SES."""
-    require_tool("postfix")
-    require_tool("postqueue")
-    if os.geteuid() != 0:  # master must start as root; its daemons then drop to the postfix user
-        if os.environ.get("CI") == "true":
-            pytest.fail("the Postfix tests must run as root (they start a private Postfix instance)")
-        pytest.skip("the Postfix tests need root to start a private Postfix instance")
+    require_private_postfix()
     relay = relay_factory(fake_ses.endpoint_url)
     instance = RelayhostPostfix(relay.smtp_port)
     try:

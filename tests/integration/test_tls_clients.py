@@ -22,7 +22,7 @@ import pytest
 from testkit.fake_ses import FakeSES
 from testkit.postfix import RelayhostPostfix, sasl_client_settings, tls_client_settings
 from testkit.tls import write_certificate
-from testkit.tools import require_tool
+from testkit.tools import require_private_postfix, require_tool
 from testkit.waiting import wait_until
 
 pytestmark = pytest.mark.client
@@ -183,12 +183,7 @@ def postfix_client() -> Iterator[Callable[..., RelayhostPostfix]]:
     read it and becomes smtp_tls_CAfile; at verify the certificate must name the relayhost (the test
     certificate has an IP SAN 127.0.0.1), or `match` when given; `sasl`: AUTH as USER.
     """
-    require_tool("postfix")
-    require_tool("postqueue")
-    if os.geteuid() != 0:  # master must start as root; its daemons then drop to the postfix user
-        if os.environ.get("CI") == "true":
-            pytest.fail("the Postfix tests must run as root (they start a private Postfix instance)")
-        pytest.skip("the Postfix tests need root to start a private Postfix instance")
+    require_private_postfix()
     started: list[RelayhostPostfix] = []
 
     def start(relay_port: int, *, level: str, trust: Path | None = None, match: str | None = None,
