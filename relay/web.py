@@ -72,8 +72,8 @@ ADMIN_PREFIXES = ("/api/", "/console")
 
 
 def admin_only(networks: Sequence[Network]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Refuse /api/ and /console to clients outside `networks` (before routing: a stranger learns
-    nothing, not even which queue ids exist)."""
+    """Refuse /api/ and /console to clients outside `networks`, before any handler runs: a stranger
+    gets 403 for every path under them, existing or not, and learns not even which queue ids exist."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
