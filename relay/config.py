@@ -74,6 +74,16 @@ def _host_ports(value: list[str]) -> list[str]:
 HostPorts = Annotated[list[str], AfterValidator(_host_ports)]
 
 
+def _networks(value: list[str]) -> list[str]:
+    for item in value:
+        ipaddress.ip_network(item, strict=False)
+    return value
+
+
+# A list of networks in CIDR, IPv4 or IPv6 ("10.0.0.0/8", "::1/128"; a bare address is one host).
+Networks = Annotated[list[str], AfterValidator(_networks)]
+
+
 class TlsConfig(_Section):
     cert: Path | None = None  # PEM certificate (chain); reloaded on SIGHUP and when it changes
     key: Path | None = None  # PEM private key
@@ -101,7 +111,7 @@ class SmtpConfig(_Section):
     hostname: str = "relay.local"
     max_message_size: int = Field(SES_MAX_MESSAGE_SIZE, gt=0, le=SES_MAX_MESSAGE_SIZE)
     max_recipients: int = Field(SES_MAX_RECIPIENTS, gt=0)
-    allowed_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+    allowed_networks: Networks = ["127.0.0.0/8", "::1/128"]
     max_connections: int = Field(100, gt=0)
     # Per client address, for clients outside allowed_networks (Postfix's connection count limit,
     # whose exceptions default to mynetworks); past it 421 4.7.0 at connect.
@@ -115,7 +125,7 @@ class SmtpConfig(_Section):
     # Listeners whose connections start with a PROXY protocol v1/v2 header, accepted only from
     # trusted_proxies (CIDR); allow-list, limits, AUTH throttling and logs then see the real client.
     proxy_listen: HostPorts = []
-    trusted_proxies: list[str] = []
+    trusted_proxies: Networks = []
     proxy_timeout: float = Field(10.0, ge=3)  # seconds to wait for the PROXY header
     command_call_limit: int = Field(1000, gt=0)  # per command per session, against command floods
     shutdown_grace: float = Field(30.0, ge=0)  # seconds to let in-flight transactions finish on stop
@@ -131,13 +141,6 @@ class SmtpConfig(_Section):
     def _listen(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("at least one listen address is needed")
-        return value
-
-    @field_validator("allowed_networks", "trusted_proxies")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            ipaddress.ip_network(item, strict=False)
         return value
 
     @field_validator("hostname")
@@ -287,20 +290,13 @@ class HttpConfig(_Section):
     console: bool = False
     # Who may reach /console and /api/ (they name recipients and subjects); 403 for anyone else.
     # /metrics, /readyz and /healthz are not affected.
-    admin_allowed_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+    admin_allowed_networks: Networks = ["127.0.0.0/8", "::1/128"]
 
     @field_validator("listen", "public_listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
         if value is not None:
             parse_host_port(value)
-        return value
-
-    @field_validator("admin_allowed_networks")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            ipaddress.ip_network(item, strict=False)
         return value
 
 

@@ -3,14 +3,13 @@ suppression entries), HTML out. Pure functions, so they are tested without a ser
 
 from __future__ import annotations
 
-import datetime
 import json
 from collections.abc import Sequence
 from typing import Any
 
 from relay.console.charts import hourly_bars
 from relay.console.markup import badge, esc, link, message_link, page, pairs, search_form, table
-from relay.spool.admin import next_try, span
+from relay.spool.admin import next_try, span, stamp
 from relay.spool.store import DEAD, DEFERRED, HELD, QUEUED, SpoolEntry
 from relay.suppression.base import SuppressionEntry
 
@@ -19,10 +18,6 @@ from relay.suppression.base import SuppressionEntry
 SES_BOUNCE_REVIEW, SES_BOUNCE_PAUSE = 0.05, 0.10
 SES_COMPLAINT_REVIEW, SES_COMPLAINT_PAUSE = 0.001, 0.005
 QUEUE_STATES = (QUEUED, DEFERRED, HELD, DEAD)
-
-
-def when(at: float) -> str:
-    return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _recipients(addresses: Sequence[str], count: int | None = None) -> str:
@@ -245,7 +240,7 @@ def suppression_page(
     if total is not None:
         body.append(f'<p class="note">{total} entries in the store.</p>')
     rows = [
-        [esc(e.address), badge(e.reason.value), esc(e.source), esc(when(e.created_at)), esc(e.detail or "-")]
+        [esc(e.address), badge(e.reason.value), esc(e.source), esc(stamp(e.created_at)), esc(e.detail or "-")]
         for e in entries
     ]
     body.append(table(["Address", "Reason", "Source", "Added (UTC)", "Detail"], rows,

@@ -210,6 +210,7 @@ def test_load_config_reads_os_environ_by_default(monkeypatch):
         ("smtp:\n  listen: []\n", "smtp.listen", "at least one"),
         ("http:\n  listen: localhost\n", "http.listen", "HOST:PORT"),
         ("smtp:\n  allowed_networks: ['300.1.1.1/8']\n", "smtp.allowed_networks", "300.1.1.1/8"),
+        ("http:\n  admin_allowed_networks: ['10.0.0.0/33']\n", "http.admin_allowed_networks", "10.0.0.0/33"),
         ("ses:\n  tags: {team: 'a b'}\n", "ses.tags", "'a b'"),
         ("ses:\n  tags: {'bad.name': x}\n", "ses.tags", "bad.name"),
         ("ses:\n  max_send_rate: -1\n", "ses.max_send_rate", ">= 0"),
