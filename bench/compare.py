@@ -2,9 +2,11 @@
 
     python -m bench.compare --variant base=/work/main --variant exp=/tmp/relay-exp \\
         [--variant 'exp-nosig=/tmp/relay-exp:EXP_FAST_SIGV4=0'] [--variant uv=/work/main:uvloop] \\
+        [--variant sp=/tmp/relay-exp:mode=spool] [--variant postfix] \\
         [--sessions 10] [--repeats 3] [--seconds 4] [--keepalive]
 
-A variant is NAME=SOURCE_DIR[:KEY=VALUE,...][:uvloop]. The first variant is the reference: prints
+A variant is NAME=SOURCE_DIR[:KEY=VALUE,...][:uvloop][:mode=spool|fallback], or `postfix` (the
+bench's private Postfix, accepting into its own queue). The first variant is the reference: prints
 msgs/s and CPU µs/msg (min/median/max) per variant and its per-repeat paired ratio to the reference.
 """
 
@@ -16,23 +18,28 @@ import tempfile
 from pathlib import Path
 
 from bench.run import log, measure, stats
-from bench.systems import RelaySystem
+from bench.systems import PostfixSystem, RelaySystem, System
 
 
-def parse_variant(text: str, workdir: Path) -> RelaySystem:
+def parse_variant(text: str, workdir: Path) -> System:
+    if text == "postfix":
+        return PostfixSystem("postfix", workdir)
     name, _, rest = text.partition("=")
     parts = rest.split(":")
     source = Path(parts[0]).resolve()
     env: dict[str, str] = {}
     uvloop = False
+    mode = "direct"
     for extra in parts[1:]:
         if extra == "uvloop":
             uvloop = True
+        elif extra.startswith("mode="):
+            mode = extra.removeprefix("mode=")
         elif extra:
             for pair in extra.split(","):
                 k, _, v = pair.partition("=")
                 env[k] = v
-    return RelaySystem(name, workdir, latency=0.0, uvloop=uvloop, source=source, env=env)
+    return RelaySystem(name, workdir, latency=0.0, uvloop=uvloop, source=source, env=env, mode=mode)
 
 
 def main() -> int:
@@ -44,6 +51,7 @@ def main() -> int:
     parser.add_argument("--keepalive", action="store_true")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="ses-relay-compare-"))
+    workdir.chmod(0o755)  # a Postfix variant's daemons run as user postfix and must reach their queue
     systems = [parse_variant(v, workdir) for v in args.variant]
     points: dict[str, list[dict]] = {s.name: [] for s in systems}
     try:

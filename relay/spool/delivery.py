@@ -4,6 +4,13 @@ Postfix's qmgr + smtp in one small loop. The spool record is the contract: the r
 writes it, this side only reads and updates it, and the queue CLI edits the same rows (a change is
 seen at the next poll, within POLL_SECONDS).
 
+A message just committed is also handed over in memory (`offer()`, like qmgr hearing of new mail),
+so a free worker sends it without reading it back from the spool; the hand-off is small and bounded,
+and while the spool holds older due mail (a backlog, or what overflowed the hand-off) nothing is
+handed over, so new mail never overtakes waiting mail. A message handed to a worker (from memory or
+from the spool) finishes its current SES call even if the queue CLI holds or deletes it meanwhile,
+as in Postfix's active queue; the worker looks again before each further chunk.
+
 Per message: suppression is checked again (a bounce may have arrived while it waited), then each
 chunk not yet accepted is sent; a chunk SES accepted is recorded before the next is sent, so it is
 never sent again. Outcomes (relay.ses.errors decides which is which):
@@ -35,7 +42,7 @@ from relay.metrics import RelayMetrics
 from relay.sending import ListManagement, OutgoingMessage, PermanentSendError, Sender, TransientSendError
 from relay.ses.errors import DAILY_QUOTA_CODE, OUTCOME_UNKNOWN_CODE, PAUSED_CODES, is_rate_throttle
 from relay.spool.dsn import build_dsn, header_block, is_report
-from relay.spool.store import SpoolEntry, SpoolError, SqliteSpool
+from relay.spool.store import HELD, INLINE_MAX, Ready, SpoolEntry, SpoolError, SqliteSpool
 from relay.suppression.base import StoreError, SuppressionStore
 from relay.transaction import new_queue_id
 
@@ -43,6 +50,8 @@ log = logging.getLogger("relay.delivery")
 attempt_log = logging.getLogger("relay.delivery.attempt")
 
 POLL_SECONDS = 1.0  # the longest a due message (or a queue CLI change) waits to be noticed
+HANDOFF_PER_WORKER = 4  # messages handed over in memory, waiting for a worker, per worker slot
+HANDOFF_MAX_BYTES = 4 * 1024 * 1024  # their bodies at most (each is at most INLINE_MAX)
 PAUSE_SECONDS = 300.0  # after "sending paused": SES needs an operator, not a retry storm
 DELIVERY_RESULTS = ("sent", "deferred", "dead", "expired", "paused", "quota", "throttled", "error")
 THROTTLE_RETRY_SECONDS = 1.0
@@ -132,6 +141,12 @@ class DeliveryEngine:
         self._bounce_from = bounce_from
         self._reporting_host = reporting_host
         self._in_flight: dict[str, asyncio.Task] = {}
+        self._handed: dict[str, Ready] = {}  # committed and handed over, not yet given to a worker
+        self._handed_bytes = 0
+        self._handoff_max = concurrency * HANDOFF_PER_WORKER
+        self._spool_has_more = True  # due mail may be in the spool that was not handed over
+        self._missed = 0  # messages not handed over (counted, so a poll knows if it raced one)
+        self._next_poll = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._paused_until = 0.0
@@ -139,9 +154,27 @@ class DeliveryEngine:
         self._quota_holding = False  # a hold was logged; cleared (and logged) when sending resumes
         self._stopping = False
 
-    def wake(self) -> None:
-        """A message was just spooled: look now rather than at the next poll."""
+    def offer(self, ready: Ready | None) -> None:
+        """A message was just committed (`ready`: with its body, or None when it is in a file): hand
+        it to the next free worker, or, when the hand-off is full or older mail waits in the spool,
+        leave it there for the next look."""
+        if ready is not None and not self._stopping and not self._spool_has_more and self._has_room(ready):
+            self._hand(ready)
+        else:
+            self._missed += 1
+            self._spool_has_more = True
         self._wake.set()
+
+    def _has_room(self, ready: Ready) -> bool:
+        return (
+            ready.body is not None
+            and len(self._handed) < self._handoff_max
+            and self._handed_bytes + len(ready.body) <= HANDOFF_MAX_BYTES
+        )
+
+    def _hand(self, ready: Ready) -> None:
+        self._handed[ready.entry.id] = ready
+        self._handed_bytes += len(ready.body or b"")
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="delivery")
@@ -174,27 +207,68 @@ class DeliveryEngine:
 
     async def _run(self) -> None:
         while not self._stopping:
+            self._wake.clear()  # before looking: a wake during the look is not lost
             try:
                 await self._dispatch()
             except (SpoolError, OSError) as exc:
                 log.error("spool unreadable: %s", exc)
             except Exception:  # noqa: BLE001 - the loop must survive a bug in one round
                 log.exception("delivery loop error")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_SECONDS):
                     await self._wake.wait()
 
     async def _dispatch(self) -> None:
         if self._clock() < self._paused_until:
+            self._drop_handed()  # read back from the spool when sending resumes
             return
         free = self._concurrency - len(self._in_flight)
-        if free <= 0:
+        while free > 0 and self._handed:
+            queue_id = next(iter(self._handed))
+            self._start(self._take_handed(queue_id))
+            free -= 1
+        now = asyncio.get_running_loop().time()
+        if free <= 0 or not (self._spool_has_more or now >= self._next_poll):
             return
-        for entry in await self._spool.due(limit=free, exclude=set(self._in_flight)):
-            task = asyncio.create_task(self._deliver(entry), name=f"deliver-{entry.id}")
-            self._in_flight[entry.id] = task
-            task.add_done_callback(functools.partial(self._done, entry.id))
+        # The spool: mail not handed over, mail that came due (retries), and the queue CLI's changes.
+        # Read ahead to fill the hand-off too, so a backlog is read in batches, not one per free slot.
+        self._next_poll = now + POLL_SECONDS
+        missed = self._missed
+        room = self._handoff_max - len(self._handed)
+        found = await self._spool.due(limit=free + room, exclude={*self._in_flight, *self._handed})
+        # Full answer: there may be more. A message not handed over during the query may have
+        # committed after it ran: look again.
+        self._spool_has_more = len(found) >= free + room or self._missed != missed
+        for ready in found:
+            queue_id = ready.entry.id
+            if queue_id in self._in_flight or queue_id in self._handed:
+                _close(ready.body)  # handed over while the query ran: that copy goes
+            elif len(self._in_flight) < self._concurrency:
+                self._start(ready)
+            elif self._has_room(ready):
+                self._hand(ready)
+            else:
+                _close(ready.body)  # read again at the next look
+                self._spool_has_more = True
+
+    def _start(self, ready: Ready) -> None:
+        queue_id = ready.entry.id
+        task = asyncio.create_task(self._deliver(ready), name=f"deliver-{queue_id}")
+        self._in_flight[queue_id] = task
+        task.add_done_callback(functools.partial(self._done, queue_id))
+
+    def _take_handed(self, queue_id: str) -> Ready:
+        ready = self._handed.pop(queue_id)
+        self._handed_bytes -= len(ready.body or b"")
+        return ready
+
+    def _drop_handed(self) -> None:
+        if self._handed:
+            for ready in self._handed.values():
+                _close(ready.body)
+            self._handed.clear()
+            self._handed_bytes = 0
+            self._spool_has_more = True
 
     def _done(self, queue_id: str, task: asyncio.Task) -> None:
         self._in_flight.pop(queue_id, None)
@@ -203,9 +277,10 @@ class DeliveryEngine:
         if not self._stopping:
             self._wake.set()  # a slot is free
 
-    async def _deliver(self, entry: SpoolEntry) -> None:
+    async def _deliver(self, ready: Ready) -> None:
+        entry = ready.entry
         try:
-            await self._attempt(entry)
+            await self._attempt(entry, ready.body)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug or a broken body must not be retried every poll
@@ -218,16 +293,20 @@ class DeliveryEngine:
                     possible_duplicate=False,
                 )
             self._count("error", entry, error=exc.__class__.__name__)
+        finally:
+            _close(ready.body)
 
-    async def _attempt(self, entry: SpoolEntry) -> None:
+    async def _attempt(self, entry: SpoolEntry, raw: Any) -> None:
         now = self._clock()
         if now - entry.created > self._max_lifetime:
             reason = f"expired in the queue: {entry.last_error or 'not delivered'}"
             await self._spool.kill(entry.id, reason=reason, outcome="expired")
             self._count("expired", entry)
-            await self._bounce(entry, reason, None)
+            await self._bounce(entry, reason, raw)
             return
-        raw = await self._spool.body(entry.id)
+        own_body = raw is None
+        if own_body:
+            raw = await self._spool.body(entry.id)  # raises what kept the spool from opening it
         try:
             # A chunk accepted before (maybe before a crash) is never sent again.
             pending = [chunk for chunk in entry.chunks if chunk.ses_message_id is None]
@@ -255,20 +334,28 @@ class DeliveryEngine:
                 if number < len(pending):
                     # Durable before the next chunk goes: a crash from here on never resends this one.
                     # After the last chunk the message leaves the spool instead: one commit, not two.
-                    await self._spool.chunk_sent(entry.id, chunk.index, chunk.ses_message_id)
-            await self._spool.finish(entry.id)
+                    state = await self._spool.chunk_sent(entry.id, chunk.index, chunk.ses_message_id)
+                    if state is None or state == HELD:
+                        log.info(
+                            "%s was %s by the queue CLI during delivery; its remaining chunks are not sent",
+                            entry.id,
+                            "deleted" if state is None else "held",
+                            extra={"fields": {"event": "delivery_stopped", "queue_id": entry.id}},
+                        )
+                        return
+            await self._spool.finish(entry.id, has_file=entry.size > INLINE_MAX)
         finally:
-            close = getattr(raw, "close", None)
-            if close is not None:
-                close()
+            if own_body:
+                _close(raw)
 
     async def _bounce(self, entry: SpoolEntry, reason: str, raw: Any) -> None:
         """Queue a DSN to the envelope sender for the recipients not delivered (see relay.spool.dsn)."""
         sender = entry.mail_from.strip("<>")
         if self._bounce_from is None or not sender:
             return  # no DSNs configured, or the null sender: never a DSN about a DSN
+        own_body = raw is None
         try:
-            if raw is None:
+            if own_body:
                 raw = await self._spool.body(entry.id)
             headers = header_block(raw)
             if is_report(headers):
@@ -287,17 +374,17 @@ class DeliveryEngine:
                 arrival=entry.created,
                 original_headers=headers,
             )
-            await self._spool.put(
+            ready = await self._spool.put(
                 new_queue_id(), dsn, mail_from="<>", recipients=[sender], params={}, message_id=None
             )
         except (SpoolError, StoreError, OSError) as exc:
             log.error("could not queue the DSN for %s: %s", entry.id, exc)
             return
         finally:
-            if raw is not None and hasattr(raw, "close"):
-                raw.close()
+            if own_body:
+                _close(raw)
         self._metrics.dsns_queued.inc()
-        self.wake()
+        self.offer(ready)
 
     async def _not_suppressed(self, entry: SpoolEntry, recipients: list[str]) -> list[str] | None:
         kept = []
@@ -408,3 +495,10 @@ class DeliveryEngine:
                 }
             },
         )
+
+
+def _close(body: Any) -> None:
+    """Unmap a body read from a file (bytes need nothing)."""
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()

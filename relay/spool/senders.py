@@ -51,7 +51,7 @@ class SpoolSender:
     async def send(self, message: OutgoingMessage, *, first_error: str | None = None) -> Accepted:
         queue_id = message.queue_id or new_queue_id()
         try:
-            await self._spool.put(
+            ready = await self._spool.put(
                 queue_id,
                 message.raw,
                 mail_from=message.mail_from,
@@ -63,7 +63,7 @@ class SpoolSender:
         except SpoolError as exc:
             raise TransientSendError(SPOOL_UNAVAILABLE, code="spool_unavailable", detail=str(exc)) from None
         if self._delivery is not None:
-            self._delivery.wake()
+            self._delivery.offer(ready)
         return Accepted(QUEUED.format(queue_id=queue_id), outcome="queued")
 
 

@@ -14,7 +14,9 @@ commit can carry many messages. Transactions that finish at the same time share 
 `put()` queues its rows and waits; the writer thread commits everything queued since its last
 commit in one transaction, one WAL fsync, then answers them all. A message costs a share of one
 fsync instead of Postfix's own fsync per queue file. Large bodies still pay their own file fsync
-(in parallel, off the writer thread) and the batch pays one directory fsync.
+(in parallel, off the writer thread) and the batch pays one directory fsync. Delivered messages
+leave in the same transactions (`finish()` queues its delete like `put()` queues its rows), so
+delivering costs no commit of its own.
 
 The commit is the contract: no row, no 250; a body file without a row (a crash between the two) is
 removed at the next open. All database work runs on one dedicated thread, never on the event loop.
@@ -133,9 +135,25 @@ class Chunk:
 
 
 @dataclass(slots=True)
+class Ready:
+    """A message for a delivery worker: its entry and its body (bytes, or a mmap of its file; None
+    when the file could not be opened, so the worker asks `body()` and gets the error)."""
+
+    entry: SpoolEntry
+    body: bytes | mmap.mmap | None
+
+
+@dataclass(slots=True)
 class _Pending:
     row: tuple[Any, ...]
     chunks: list[tuple[Any, ...]]
+    has_file: bool
+    future: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _Finished:
+    queue_id: str
     has_file: bool
     future: asyncio.Future[None]
 
@@ -155,6 +173,7 @@ class SqliteSpool:
         self._db: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-db")
         self._pending: list[_Pending] = []
+        self._finished: list[_Finished] = []
         self._committer: asyncio.Task | None = None
         self._healthy = False
         self.commits = 0  # group commits done (tests and the benchmark read it)
@@ -223,8 +242,11 @@ class SqliteSpool:
         params: dict[str, Any],
         message_id: str | None,
         first_error: str | None = None,
-    ) -> None:
-        """Make the message durable; returns only once it is committed (then the client may get 250)."""
+    ) -> Ready | None:
+        """Make the message durable; returns only once it is committed (then the client may get 250).
+
+        Returns the message as committed with its body when that is inline (small), so delivery can
+        send it without reading it back; None for a body in a file."""
         if self._db is None:
             raise SpoolError("spool is not open")
         loop = asyncio.get_running_loop()
@@ -239,6 +261,7 @@ class SqliteSpool:
         except OSError as exc:
             raise SpoolError(f"cannot write to the spool: {exc.strerror or exc}") from None
         now = self._clock()
+        body = None if has_file else bytes(raw)
         row = (
             queue_id,
             now,
@@ -246,19 +269,40 @@ class SqliteSpool:
             json.dumps(params, separators=(",", ":")),
             message_id,
             len(raw),
-            None if has_file else bytes(raw),
+            body,
             QUEUED,
             0,
             now,
             first_error,
             0,
         )
-        chunks = [(queue_id, index, json.dumps(part)) for index, part in enumerate(chunked(recipients))]
+        parts = chunked(recipients)
+        chunks = [(queue_id, index, json.dumps(part)) for index, part in enumerate(parts)]
         pending = _Pending(row, chunks, has_file, loop.create_future())
         self._pending.append(pending)
+        self._start_committer()
+        await asyncio.shield(pending.future)
+        if body is None:
+            return None
+        entry = SpoolEntry(
+            id=queue_id,
+            created=now,
+            mail_from=mail_from,
+            params=params,
+            message_id=message_id,
+            size=len(raw),
+            state=QUEUED,
+            attempts=0,
+            next_attempt=now,
+            last_error=first_error,
+            possible_duplicate=False,
+            chunks=[Chunk(index, part) for index, part in enumerate(parts)],
+        )
+        return Ready(entry, body)
+
+    def _start_committer(self) -> None:
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_pending(), name="spool-commit")
-        await asyncio.shield(pending.future)
 
     def _write_body(self, queue_id: str, raw: bytes | bytearray) -> None:
         path = self.bodies / queue_id
@@ -269,42 +313,64 @@ class SqliteSpool:
 
     async def _commit_pending(self) -> None:
         # Everything queued while the previous commit ran goes into the next one: group commit.
-        while self._pending:
+        while self._pending or self._finished:
             batch, self._pending = self._pending, []
+            finished, self._finished = self._finished, []
             try:
-                await self._run(self._commit_sync, batch)
+                await self._run(self._commit_sync, batch, finished)
             except (OSError, sqlite3.Error) as exc:
                 self._healthy = False
                 log.error("spool commit failed: %s", exc)
                 error = SpoolError(f"cannot commit to the spool: {exc}")
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(error)
+                for future in [i.future for i in batch] + [i.future for i in finished]:
+                    if not future.done():
+                        future.set_exception(error)
                 await self._run(self._remove_bodies, [i.row[0] for i in batch if i.has_file])
                 continue
-            self._healthy = True
-            self.commits += 1
-            self.committed += len(batch)
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_result(None)
+            if batch:
+                self._healthy = True
+                self.commits += 1
+                self.committed += len(batch)
+            for future in [i.future for i in batch] + [i.future for i in finished]:
+                if not future.done():
+                    future.set_result(None)
 
-    def _commit_sync(self, batch: list[_Pending]) -> None:
+    def _commit_sync(self, batch: list[_Pending], finished: list[_Finished]) -> None:
         assert self._db is not None
         if any(item.has_file for item in batch):
             fsync_directory(self.bodies)  # the new names are durable before the rows that point to them
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        # New messages need a full-sync commit (the 250 waits for it). Deletes alone do not: WAL
+        # frames reach the disk in order, so the next full-sync commit makes them durable too; a
+        # power cut before then can only bring a delivered message back, to be sent once more, never
+        # lose one. One fsync per delivered message was half the spool's disk work. Except for a
+        # body in a file: it is removed after the commit, so the delete must be on disk first (a
+        # row back from a power cut without its body could never be sent).
+        with_files = [item.queue_id for item in finished if item.has_file]
+        full = bool(batch or with_files)
+        if not full:
+            db.execute("PRAGMA synchronous=NORMAL")
         try:
-            db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [i.row for i in batch])
-            db.executemany(
-                "INSERT INTO chunks (message, idx, recipients) VALUES (?,?,?)",
-                [chunk for item in batch for chunk in item.chunks],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if batch:
+                    db.executemany(
+                        "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [i.row for i in batch]
+                    )
+                    db.executemany(
+                        "INSERT INTO chunks (message, idx, recipients) VALUES (?,?,?)",
+                        [chunk for item in batch for chunk in item.chunks],
+                    )
+                if finished:
+                    db.executemany("DELETE FROM messages WHERE id = ?", [(i.queue_id,) for i in finished])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        finally:
+            if not full:
+                db.execute("PRAGMA synchronous=FULL")  # every other write (defer, chunk sent) is durable
+        self._remove_bodies(with_files)
 
     def _remove_bodies(self, ids: list[str]) -> None:
         for queue_id in ids:
@@ -312,22 +378,49 @@ class SqliteSpool:
 
     # -- delivery --------------------------------------------------------------------------------
 
-    async def due(self, *, limit: int, exclude: set[str]) -> list[SpoolEntry]:
+    async def due(self, *, limit: int, exclude: set[str]) -> list[Ready]:
+        """Up to `limit` messages due now (oldest first) that are not in `exclude`, with their bodies:
+        one hop to the database thread for all of them."""
         return await self._run(self._due_sync, limit, frozenset(exclude))
 
-    def _due_sync(self, limit: int, exclude: frozenset[str]) -> list[SpoolEntry]:
+    def _due_sync(self, limit: int, exclude: frozenset[str]) -> list[Ready]:
         assert self._db is not None
         rows = self._db.execute(
             "SELECT * FROM messages WHERE state IN (?, ?) AND next_attempt <= ?"
             " ORDER BY next_attempt LIMIT ?",
             (QUEUED, DEFERRED, self._clock(), limit + len(exclude)),
         ).fetchall()
-        entries = [self._entry(row) for row in rows if row[0] not in exclude][:limit]
+        rows = [row for row in rows if row[0] not in exclude][:limit]
+        ready = []
+        for row, entry in zip(rows, self._entries_of(rows), strict=True):
+            try:
+                body = self._open_body(entry.id, row[6], entry.size)
+            except OSError:
+                body = None  # the worker's body() call raises it again, and the message is deferred
+            ready.append(Ready(entry, body))
+        return ready
+
+    def _entries_of(self, rows: list[tuple[Any, ...]]) -> list[SpoolEntry]:
+        """SpoolEntries for `messages` rows, their chunks read in one query for all of them."""
+        assert self._db is not None
+        entries = [self._bare_entry(row) for row in rows]
+        if not entries:
+            return entries
+        by_id = {entry.id: entry for entry in entries}
+        for message, idx, recipients, ses_id in self._db.execute(
+            "SELECT message, idx, recipients, ses_message_id FROM chunks"
+            " WHERE message IN (SELECT value FROM json_each(?)) ORDER BY message, idx",
+            (json.dumps(list(by_id)),),
+        ):
+            by_id[message].chunks.append(Chunk(idx, json.loads(recipients), ses_id))
         return entries
 
     def _entry(self, row: tuple[Any, ...]) -> SpoolEntry:
-        assert self._db is not None
-        entry = SpoolEntry(
+        return self._entries_of([row])[0]
+
+    @staticmethod
+    def _bare_entry(row: tuple[Any, ...]) -> SpoolEntry:
+        return SpoolEntry(
             id=row[0],
             created=row[1],
             mail_from=row[2],
@@ -340,11 +433,6 @@ class SqliteSpool:
             last_error=row[10],
             possible_duplicate=bool(row[11]),
         )
-        for idx, recipients, ses_id in self._db.execute(
-            "SELECT idx, recipients, ses_message_id FROM chunks WHERE message = ? ORDER BY idx", (entry.id,)
-        ):
-            entry.chunks.append(Chunk(idx, json.loads(recipients), ses_id))
-        return entry
 
     async def next_due_time(self) -> float | None:
         return await self._run(self._next_due_sync)
@@ -365,18 +453,24 @@ class SqliteSpool:
         row = self._db.execute("SELECT body, size FROM messages WHERE id = ?", (queue_id,)).fetchone()
         if row is None:
             raise SpoolError(f"{queue_id}: not in the spool")
-        if row[0] is not None:
-            return bytes(row[0])
-        if row[1] == 0:
+        return self._open_body(queue_id, row[0], row[1])
+
+    def _open_body(self, queue_id: str, inline: bytes | None, size: int) -> bytes | mmap.mmap:
+        if inline is not None:
+            return bytes(inline)
+        if size == 0:
             return b""
         with open(self.bodies / queue_id, "rb") as file:
             return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
 
-    async def chunk_sent(self, queue_id: str, index: int, ses_message_id: str) -> None:
-        """Durable before the next chunk is sent: a crash after this never resends the chunk."""
-        await self._run(self._chunk_sent_sync, queue_id, index, ses_message_id)
+    async def chunk_sent(self, queue_id: str, index: int, ses_message_id: str) -> str | None:
+        """Durable before the next chunk is sent: a crash after this never resends the chunk.
 
-    def _chunk_sent_sync(self, queue_id: str, index: int, ses_message_id: str) -> None:
+        Returns the message's state now (None: deleted), so a worker stops before the next chunk
+        of a message the queue CLI held or deleted meanwhile."""
+        return await self._run(self._chunk_sent_sync, queue_id, index, ses_message_id)
+
+    def _chunk_sent_sync(self, queue_id: str, index: int, ses_message_id: str) -> str | None:
         assert self._db is not None
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -385,25 +479,18 @@ class SqliteSpool:
                 (ses_message_id, queue_id, index),
             )
             self._attempt_row(queue_id, index, "sent", ses_message_id)
+            row = self._db.execute("SELECT state FROM messages WHERE id = ?", (queue_id,)).fetchone()
+        return None if row is None else row[0]
 
-    async def finish(self, queue_id: str) -> None:
-        """Every chunk is sent (or had only suppressed recipients): the message leaves the spool."""
-        await self._run(self._finish_sync, queue_id)
-
-    def _finish_sync(self, queue_id: str) -> None:
-        # Without its own fsync: WAL frames reach the disk in order, so the next full-sync commit (the
-        # next message received) makes this delete durable too. A power cut before then can only
-        # bring the message back, to be sent once more; never lose one. One fsync per delivered
-        # message was half the spool's disk work.
-        assert self._db is not None
-        db = self._db
-        db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with db:
-                db.execute("DELETE FROM messages WHERE id = ?", (queue_id,))
-        finally:
-            db.execute("PRAGMA synchronous=FULL")
-        self._remove_bodies([queue_id])
+    async def finish(self, queue_id: str, *, has_file: bool) -> None:
+        """Every chunk is sent (or had only suppressed recipients): the message leaves the spool. The
+        delete joins the next group commit; `has_file`: its body is in bodies/ (entry.size > INLINE_MAX)."""
+        if self._db is None:
+            raise SpoolError("spool is not open")
+        item = _Finished(queue_id, has_file, asyncio.get_running_loop().create_future())
+        self._finished.append(item)
+        self._start_committer()
+        await asyncio.shield(item.future)
 
     async def defer(self, queue_id: str, *, delay: float, error: str, possible_duplicate: bool) -> None:
         await self._run(self._defer_sync, queue_id, delay, error, possible_duplicate)
@@ -493,7 +580,7 @@ class SqliteSpool:
             rows = self._db.execute(
                 "SELECT * FROM messages WHERE state = ? ORDER BY created", (state,)
             ).fetchall()
-        return [self._entry(row) for row in rows]
+        return self._entries_of(rows)
 
     async def get(self, queue_id: str) -> tuple[SpoolEntry, list[dict[str, Any]]] | None:
         return await self._run(self._get_sync, queue_id)
@@ -593,7 +680,7 @@ class SqliteSpool:
                 f"SELECT {columns} FROM messages WHERE rowid > ? AND state = ? ORDER BY rowid LIMIT ?",
                 (after, state, limit),
             ).fetchall()
-        return [self._entry(row[:-1]) for row in rows], (rows[-1][-1] if rows else after)
+        return self._entries_of([row[:-1] for row in rows]), (rows[-1][-1] if rows else after)
 
     async def header_block(self, queue_id: str, limit: int = 128 * 1024) -> tuple[bytes, bool] | None:
         """The message's header block (up to the blank line, at most `limit` bytes, never the body)

@@ -260,3 +260,48 @@ def test_a_throttled_delivery_is_retried_in_a_moment_not_after_the_outage_backof
     assert send(relay.smtp_port, ["bob@example.org"])[0] == 250
     wait_until(lambda: delivered(fake_ses) == ["bob@example.org"], message="a 429 waited for the 600 s backoff")
     assert relay.metric("ses_relay_deliveries_total", {"result": "throttled"}) == 1
+
+
+def test_a_message_held_during_its_delivery_sends_no_further_chunk(fake_ses, relay_factory):
+    """`queue hold` on a message a worker is sending: the SES call under way finishes (Postfix's active
+    queue does the same), no further chunk goes, and `queue release` sends the rest, none twice."""
+    relay = relay_factory(fake_ses.endpoint_url, smtp={"max_recipients": 120}, delivery={"mode": "spool"})
+    fake_ses.queue(Fault.delay(1.0))  # the first chunk's call takes a second: time to hold the message
+    recipients = [f"user{i:03d}@example.org" for i in range(120)]
+    code, text = send(relay.smtp_port, recipients)
+    queue_id = text.rsplit(" ", 1)[1]
+    wait_until(lambda: len(fake_ses.requests) == 1, message="the first chunk was not sent")
+    spool = relay.relay._spool
+    assert relay.call(spool.move([queue_id], "held", only=("queued", "deferred"))) == [queue_id]
+    wait_until(lambda: relay.metric("ses_relay_deliveries_total", {"result": "sent"}) == 1)
+    wait_until(lambda: relay.call(spool.get(queue_id))[0].chunks[0].ses_message_id is not None)
+    assert len(fake_ses.requests) == 1 and len(delivered(fake_ses)) == 50
+    entry, _ = relay.call(spool.get(queue_id))
+    assert entry.state == "held"
+    assert relay.call(spool.move([queue_id], "queued", only=("held",))) == [queue_id]  # queue release
+    wait_until(lambda: len(delivered(fake_ses)) == 120, message="the rest was not sent after the release")
+    assert Counter(delivered(fake_ses)) == Counter(recipients)
+    wait_until(lambda: sum(spool_counts(relay).values()) == 0)
+
+
+def test_mail_waiting_in_the_spool_is_not_overtaken_by_new_mail(fake_ses, relay_factory):
+    """New mail is handed to the workers in memory only while nothing older waits in the spool: with
+    one slow worker and more mail than the hand-off holds (4 per worker), SES sees the mail in order,
+    also for a message that arrives once the hand-off has room again."""
+    relay = relay_factory(fake_ses.endpoint_url, delivery={"mode": "spool", "concurrency": 1})
+    fake_ses.latency = 0.3
+    subjects = [f"order {n:02d}" for n in range(10)]
+
+    def send_one(client: smtplib.SMTP, subject: str) -> None:
+        data = MESSAGE.replace(b"Subject: spool", b"Subject: " + subject.encode())
+        assert client.sendmail("alice@example.com", ["bob@example.org"], data) == {}
+
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+        for subject in subjects[:8]:  # one sent, four handed over, three left in the spool
+            send_one(client, subject)
+        wait_until(lambda: len(fake_ses.requests) >= 2, message="the worker did not start")
+        for subject in subjects[8:]:  # the hand-off has room now, but older mail waits in the spool
+            send_one(client, subject)
+    wait_until(lambda: len(delivered(fake_ses)) == len(subjects), timeout=20, message="not all delivered")
+    sent = [r.raw_message.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode() for r in fake_ses.requests]
+    assert sent == subjects

@@ -5,7 +5,7 @@ import mmap
 
 import pytest
 
-from relay.spool.store import DEAD, DEFERRED, INLINE_MAX, QUEUED, SpoolError, SqliteSpool, chunked
+from relay.spool.store import DEAD, DEFERRED, HELD, INLINE_MAX, QUEUED, SpoolError, SqliteSpool, chunked
 
 
 def run(coro):
@@ -19,7 +19,7 @@ async def opened(path, **kwargs) -> SqliteSpool:
 
 
 async def put(spool: SqliteSpool, queue_id: str, raw: bytes = b"Subject: x\r\n\r\nx\r\n", recipients=None):
-    await spool.put(queue_id, raw, mail_from="a@example.com", recipients=recipients or ["b@example.org"],
+    return await spool.put(queue_id, raw, mail_from="a@example.com", recipients=recipients or ["b@example.org"],
                     params={"configuration_set": None, "tags": {"k": "v"}}, message_id="<m@x>")
 
 
@@ -56,6 +56,10 @@ def test_a_large_body_is_a_file_read_back_through_mmap_and_removed_with_the_mess
         await small.close()
         assert await spool.delete(["big"]) == 1
         assert not (tmp_path / "bodies" / "big").exists()
+        await put(spool, "big2", big)
+        await spool.finish("big2", has_file=True)  # delivered: the file goes with its row
+        assert not (tmp_path / "bodies" / "big2").exists()
+        assert sum((await spool.counts()).values()) == 0
         await spool.close()
 
     run(main())
@@ -80,10 +84,12 @@ def test_chunks_defer_kill_and_admin_states(tmp_path):
         spool = await opened(tmp_path)
         recipients = [f"r{i}@example.org" for i in range(120)]
         await put(spool, "m1", recipients=recipients)
-        (entry,) = await spool.due(limit=10, exclude=set())
+        (ready,) = await spool.due(limit=10, exclude=set())
+        entry = ready.entry
+        assert ready.body == b"Subject: x\r\n\r\nx\r\n"
         assert [len(c.recipients) for c in entry.chunks] == [50, 50, 20]
         assert entry.recipients == recipients and entry.params["tags"] == {"k": "v"}
-        await spool.chunk_sent("m1", 0, "ses-1")
+        assert await spool.chunk_sent("m1", 0, "ses-1") == QUEUED
         await spool.defer("m1", delay=3600, error="451 x", possible_duplicate=True)
         assert await spool.due(limit=10, exclude=set()) == []  # not due for an hour
         entry, attempts = await spool.get("m1")
@@ -91,7 +97,7 @@ def test_chunks_defer_kill_and_admin_states(tmp_path):
         assert entry.chunks[0].ses_message_id == "ses-1" and entry.chunks[1].ses_message_id is None
         assert [a["outcome"] for a in attempts] == ["sent", "deferred"]
         assert await spool.set_state(["m1"], QUEUED, only=(DEFERRED,)) == 1  # queue retry
-        assert [e.id for e in await spool.due(limit=10, exclude=set())] == ["m1"]
+        assert [r.entry.id for r in await spool.due(limit=10, exclude=set())] == ["m1"]
         assert await spool.due(limit=10, exclude={"m1"}) == []  # in flight: not handed out twice
         await spool.kill("m1", reason="554 rejected")
         assert (await spool.counts())[DEAD] == 1
@@ -101,6 +107,63 @@ def test_chunks_defer_kill_and_admin_states(tmp_path):
         await spool.close()
 
     run(main())
+
+
+def test_put_returns_the_committed_entry_with_an_inline_body_for_the_hand_off(tmp_path):
+    async def main():
+        spool = await opened(tmp_path)
+        small = await put(spool, "small", recipients=[f"r{i}@example.org" for i in range(60)])
+        big = await put(spool, "big", b"Subject: big\r\n\r\n" + b"x" * (INLINE_MAX + 1))
+        (from_db,) = [r for r in await spool.due(limit=10, exclude=set()) if r.entry.id == "small"]
+        await spool.close()
+        return small, big, from_db
+
+    small, big, from_db = run(main())
+    assert big is None  # a body in a file is read back by the worker, not held in memory
+    assert small.body == from_db.body == b"Subject: x\r\n\r\nx\r\n"
+    assert small.entry.as_dict() | {"created": 0, "next_attempt": 0} == (
+        from_db.entry.as_dict() | {"created": 0, "next_attempt": 0}
+    )
+
+
+def test_finishes_share_commits_and_leave_the_spool(tmp_path):
+    async def main():
+        spool = await opened(tmp_path)
+        await asyncio.gather(*(put(spool, f"id{i:03d}") for i in range(100)))
+        before = spool.commits
+        # Delivered messages leave while new ones arrive: the deletes ride along in the same commits.
+        await asyncio.gather(
+            *(spool.finish(f"id{i:03d}", has_file=False) for i in range(100)),
+            *(put(spool, f"new{i:03d}") for i in range(50)),
+        )
+        new_commits = spool.commits - before
+        await spool.close()
+        again = await opened(tmp_path)
+        left = [e.id for e in await again.entries()]
+        await again.close()
+        return new_commits, left
+
+    new_commits, left = run(main())
+    assert left == [f"new{i:03d}" for i in range(50)]
+    assert new_commits < 50
+
+
+def test_chunk_sent_says_when_the_queue_cli_held_or_deleted_the_message(tmp_path):
+    async def main():
+        spool = await opened(tmp_path)
+        recipients = [f"r{i}@example.org" for i in range(120)]
+        await put(spool, "held", recipients=recipients)
+        await put(spool, "gone", recipients=recipients)
+        assert await spool.move(["held"], HELD, only=(QUEUED,)) == ["held"]
+        assert await spool.remove(["gone"]) == ["gone"]
+        states = (await spool.chunk_sent("held", 0, "ses-1"), await spool.chunk_sent("gone", 0, "ses-2"))
+        entry, _ = await spool.get("held")
+        await spool.close()
+        return states, entry
+
+    states, entry = run(main())
+    assert states == (HELD, None)
+    assert entry.chunks[0].ses_message_id == "ses-1"  # recorded all the same: never sent again
 
 
 def test_too_little_free_space_refuses_before_writing(tmp_path):
@@ -130,14 +193,16 @@ def test_commits_are_full_sync_in_wal_mode(tmp_path):
 
     async def main():
         spool = await opened(tmp_path)
-        settings = await spool._run(
-            lambda: (spool._db.execute("PRAGMA journal_mode").fetchone()[0],
-                     spool._db.execute("PRAGMA synchronous").fetchone()[0])
-        )
+        read = lambda: (spool._db.execute("PRAGMA journal_mode").fetchone()[0],  # noqa: E731
+                        spool._db.execute("PRAGMA synchronous").fetchone()[0])
+        settings = [await spool._run(read)]
+        await put(spool, "m1")
+        await spool.finish("m1", has_file=False)  # a commit of deletes only runs with NORMAL...
+        settings.append(await spool._run(read))  # ...and FULL is back for every other write
         await spool.close()
         return settings
 
-    assert run(main()) == ("wal", 2)  # 2: FULL
+    assert run(main()) == [("wal", 2), ("wal", 2)]  # 2: FULL
 
 
 def test_chunked():
