@@ -275,6 +275,14 @@ class SendQuota:
         if not taken:
             self._counted -= recipients
 
+    def used_up(self) -> None:
+        """SES answered "daily message quota exceeded": whatever the estimate said (another sender
+        on the account, a stale read), nothing is left until GetAccount is read again."""
+        if self.limit is not None:
+            self._sent_at_read = self.limit
+            # Sends still in flight (this one included: its done() is still to come) count from here.
+            self._counted_at_read = self._counted - self._in_flight
+
     def mark(self) -> float:
         """Taken just before GetAccount is sent: the sends SES may have counted in its answer."""
         return self._counted - self._in_flight
@@ -643,6 +651,8 @@ class SesSender:
             self._metrics.ses_errors.labels(errors.metric_code(exc.code)).inc()
             if errors.is_rate_throttle(exc):
                 self._limiter.throttled()
+            elif exc.code == errors.DAILY_QUOTA_CODE:
+                self._quota.used_up()  # fallback queues and the spool holds without asking SES again
             raise
         finally:
             self._metrics.ses_in_flight.dec()

@@ -113,6 +113,23 @@ def test_the_relays_own_sends_count_between_reads_so_ses_never_refuses(fake_ses,
     assert relay.metric(REMAINING) == 1
 
 
+def test_ses_saying_the_quota_is_used_up_zeroes_the_estimate_until_the_next_read(fake_ses, relay_factory):
+    """Another sender on the account used the quota since the last read: SES's own refusal corrects the
+    estimate, so fallback mode queues the next message without another doomed call to SES."""
+    fake_ses.count_quota = True
+    fake_ses.set_send_quota(max_24_hour_send=100, sent_last_24_hours=0)
+    relay = start(relay_factory, fake_ses, "fallback", 0.01)
+    assert relay.metric(REMAINING) == 100
+    fake_ses.set_send_quota(sent_last_24_hours=100)  # used up elsewhere; the relay reads it in 10 minutes
+    code, text = send(relay.smtp_port, "bob@example.org")
+    assert code == 250 and "queued as" in text, text  # SES refused; spooled
+    assert relay.metric(REMAINING) == 0
+    code, text = send(relay.smtp_port, "carol@example.org")
+    assert code == 250 and "queued as" in text, text
+    assert [request.outcome for request in send_calls(fake_ses)] == ["LimitExceededException"]
+    assert {entry.last_error for entry in entries(relay)} >= {QUOTA_NEARLY_USED}
+
+
 def test_direct_mode_is_not_held_the_client_gets_ses_verdict(fake_ses, relay_factory):
     fake_ses.count_quota = True
     fake_ses.set_send_quota(max_24_hour_send=100, sent_last_24_hours=99)
