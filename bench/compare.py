@@ -2,11 +2,11 @@
 
     python -m bench.compare --variant base=/work/main --variant exp=/tmp/relay-exp \\
         [--variant 'exp-nosig=/tmp/relay-exp:EXP_FAST_SIGV4=0'] [--variant uv=/work/main:uvloop] \\
-        [--variant sp=/tmp/relay-exp:mode=spool] [--variant postfix] \\
+        [--variant sp=/tmp/relay-exp:mode=spool] [--variant postfix] [--variant bare] \\
         [--sessions 10] [--repeats 3] [--seconds 4] [--keepalive]
 
-A variant is NAME=SOURCE_DIR[:KEY=VALUE,...][:uvloop][:mode=spool|fallback], or `postfix` (the
-bench's private Postfix, accepting into its own queue). The first variant is the reference: prints
+A variant is NAME=SOURCE_DIR[:KEY=VALUE,...][:uvloop][:mode=spool|fallback], `postfix` (the
+bench's private Postfix, accepting into its own queue) or `bare` (bare aiosmtpd, answering 250 at once). The first variant is the reference: prints
 msgs/s and CPU µs/msg (min/median/max) per variant and its per-repeat paired ratio to the reference.
 """
 
@@ -18,12 +18,14 @@ import tempfile
 from pathlib import Path
 
 from bench.run import log, measure, stats
-from bench.systems import PostfixSystem, RelaySystem, System
+from bench.systems import BareSystem, PostfixSystem, RelaySystem, System
 
 
 def parse_variant(text: str, workdir: Path) -> System:
     if text == "postfix":
         return PostfixSystem("postfix", workdir)
+    if text == "bare":
+        return BareSystem("bare-aiosmtpd", workdir)
     name, _, rest = text.partition("=")
     parts = rest.split(":")
     source = Path(parts[0]).resolve()
