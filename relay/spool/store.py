@@ -319,6 +319,11 @@ class SqliteSpool:
             try:
                 await self._run(self._commit_sync, batch, finished)
             except (OSError, sqlite3.Error) as exc:
+                if batch and finished:
+                    # A new message's insert failed: the deletes of delivered mail must not fail with
+                    # it (the worker would defer a message SES has, and send it again): alone, next.
+                    self._finished[:0] = finished
+                    finished = []
                 self._healthy = False
                 log.error("spool commit failed: %s", exc)
                 error = SpoolError(f"cannot commit to the spool: {exc}")

@@ -148,6 +148,23 @@ def test_finishes_share_commits_and_leave_the_spool(tmp_path):
     assert new_commits < 50
 
 
+def test_a_failed_insert_does_not_fail_the_deletes_that_shared_its_commit(tmp_path):
+    async def main():
+        spool = await opened(tmp_path)
+        await put(spool, "sent")
+        await put(spool, "dup")
+        # Queued together, so one commit carries both; the insert clashes with the existing row.
+        results = await asyncio.gather(spool.finish("sent", has_file=False), put(spool, "dup"),
+                                       return_exceptions=True)
+        left = [e.id for e in await spool.entries()]
+        await spool.close()
+        return results, left
+
+    (finished, clash), left = run(main())
+    assert finished is None and isinstance(clash, SpoolError)
+    assert left == ["dup"]  # the delivered message is gone all the same
+
+
 def test_chunk_sent_says_when_the_queue_cli_held_or_deleted_the_message(tmp_path):
     async def main():
         spool = await opened(tmp_path)
